@@ -1,0 +1,179 @@
+"""The receiver's HTTP app: ``create_app(settings)``; store, client and worker live in lifespan."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+
+import httpx
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from receiver.download import url_deadline
+from receiver.handlers import Handler, HandlerSet, load_handlers
+from receiver.metrics import Metrics
+from receiver.payload import PayloadError, parse_notice
+from receiver.settings import Settings
+from receiver.storage import Storage, open_storage
+from receiver.store import RecordOutcome, Store, open_store
+from receiver.verify import VerificationError, derive_secret, verify
+from receiver.worker import Worker
+
+log = logging.getLogger("receiver")
+
+#: The user agent on sample downloads, so delivery logs can tell us apart.
+USER_AGENT = "bfl-hooks-receiver"
+MAX_CONNECTIONS = 256
+
+
+@dataclass
+class Runtime:
+    """What the lifespan opened, for the routes."""
+
+    settings: Settings
+    store: Store
+    storage: Storage
+    handlers: HandlerSet
+    metrics: Metrics
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+def create_app(
+    settings: Settings,
+    *,
+    handlers: Mapping[str, Handler] | None = None,
+    run_worker: bool = True,
+) -> Starlette:
+    """The receiver. ``handlers`` replaces the configured ones (for embedding and tests);
+    ``run_worker=False`` only records webhooks (another process runs the jobs)."""
+    handler_set = (
+        HandlerSet(dict(handlers)) if handlers is not None else load_handlers(settings.handlers)
+    )
+    metrics = Metrics()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        store = open_store(settings.database_url)
+        storage = open_storage(settings.storage_url)
+        await store.open()
+        await storage.open()
+        app.state.runtime = Runtime(settings, store, storage, handler_set, metrics)
+        limits = httpx.Limits(max_connections=MAX_CONNECTIONS, max_keepalive_connections=64)
+        async with httpx.AsyncClient(limits=limits, headers={"user-agent": USER_AGENT}) as client:
+            worker_task = None
+            if run_worker:
+                worker = Worker(
+                    settings=settings, store=store, storage=storage, handlers=handler_set,
+                    client=client, metrics=metrics,
+                )
+                worker_task = asyncio.create_task(worker.run(), name="receiver-worker")
+            try:
+                yield
+            finally:
+                if worker_task is not None:
+                    worker_task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await worker_task
+                await storage.close()
+                await store.close()
+
+    return Starlette(
+        routes=[
+            Route("/webhooks/bfl", webhook, methods=["POST"]),
+            Route("/healthz", healthz, methods=["GET"]),
+            Route("/readyz", readyz, methods=["GET"]),
+            Route("/metrics", metrics_endpoint, methods=["GET"]),
+        ],
+        lifespan=lifespan,
+    )
+
+
+def _runtime(request: Request) -> Runtime:
+    runtime: Runtime = request.app.state.runtime
+    return runtime
+
+
+def _problem(status: int, error: str) -> JSONResponse:
+    return JSONResponse({"error": error}, status_code=status)
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise BodyTooLarge
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise BodyTooLarge
+    return bytes(body)
+
+
+async def webhook(request: Request) -> Response:
+    started = time.perf_counter()
+    rt = _runtime(request)
+    settings = rt.settings
+    try:
+        body = await _read_body(request, settings.max_body_bytes)
+    except BodyTooLarge:
+        rt.metrics.webhooks.labels("too_large").inc()
+        return _problem(413, f"body over {settings.max_body_bytes} bytes")
+    masters = [s.get_secret_value() for s in settings.webhook_secret]
+    ref = request.query_params.get("ref")
+    secrets = masters + [derive_secret(m, ref) for m in masters] if ref else masters
+    try:
+        verify(body, request.headers, secrets)
+    except VerificationError as exc:
+        rt.metrics.webhooks.labels("unauthorized").inc()
+        log.warning("webhook refused: %s", exc)  # the reason, never the secret
+        return _problem(401, "unauthorized")
+    try:
+        notice = parse_notice(body)
+    except PayloadError as exc:
+        rt.metrics.webhooks.labels("malformed").inc()
+        return _problem(400, str(exc))
+    received = time.time()
+    deadline = (
+        url_deadline(notice.sample_url, received, settings.sample_ttl_seconds)
+        if notice.sample_url
+        else None
+    )
+    outcome = await rt.store.record(
+        notice, deadline=deadline, handlers=rt.handlers.names_for(notice.status)
+    )
+    rt.metrics.webhooks.labels(outcome.value).inc()
+    if outcome is RecordOutcome.DUPLICATE:
+        rt.metrics.duplicates.inc()
+    rt.metrics.ack_seconds.observe(time.perf_counter() - started)
+    return JSONResponse({"task_id": notice.task_id, "outcome": outcome.value})
+
+
+async def healthz(request: Request) -> Response:
+    return JSONResponse({"ok": True})
+
+
+async def readyz(request: Request) -> Response:
+    rt = _runtime(request)
+    try:
+        await asyncio.wait_for(rt.store.ping(), timeout=5)
+    except Exception as exc:  # any failure to reach the store means not ready
+        return _problem(503, f"store unreachable: {type(exc).__name__}")
+    return JSONResponse({"ok": True})
+
+
+async def metrics_endpoint(request: Request) -> Response:
+    rt = _runtime(request)
+    counts = await rt.store.counts()
+    rt.metrics.queue_depth.set(counts.queued + counts.running)
+    rt.metrics.dead_jobs.set(counts.dead)
+    return Response(generate_latest(rt.metrics.registry), media_type=CONTENT_TYPE_LATEST)

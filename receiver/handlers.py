@@ -1,0 +1,86 @@
+"""User handlers: ``async def handler(event) -> None``, found by name or by entry point."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from typing import TypeVar, cast
+
+from receiver.events import Event, Kind, Status
+
+Handler = Callable[[Event], Awaitable[None]]
+H = TypeVar("H", bound=Handler)
+
+ENTRY_POINT_GROUP = "bfl_hooks.handlers"
+_KINDS_ATTR = "__bfl_hooks_kinds__"
+_SELECTABLE = {"ready", "error", "moderated", "*"}
+
+
+class HandlerError(Exception):
+    """A handler could not be loaded (bad ``module:callable``, not an async function)."""
+
+
+def on(*kinds: str) -> Callable[[H], H]:
+    """Run the decorated handler only for these kinds: ``"ready"``, ``"error"``,
+    ``"moderated"`` or ``"*"`` (every terminal event, the default for undecorated handlers)."""
+    unknown = set(kinds) - _SELECTABLE
+    if not kinds or unknown:
+        raise ValueError(f"on() takes some of {sorted(_SELECTABLE)}, got {sorted(unknown)}")
+
+    def mark(handler: H) -> H:
+        setattr(handler, _KINDS_ATTR, frozenset(kinds))
+        return handler
+
+    return mark
+
+
+def wants(handler: Handler, kind: Kind) -> bool:
+    kinds: frozenset[str] = getattr(handler, _KINDS_ATTR, frozenset({"*"}))
+    return "*" in kinds or kind in kinds
+
+
+@dataclass(frozen=True)
+class HandlerSet:
+    """The handlers this receiver runs, by name."""
+
+    handlers: Mapping[str, Handler]
+
+    def names_for(self, status: Status) -> list[str]:
+        """Handlers that want an event of this status, in a stable order."""
+        if not status.terminal:
+            return []
+        return sorted(name for name, h in self.handlers.items() if wants(h, status.kind))
+
+    def get(self, name: str) -> Handler | None:
+        return self.handlers.get(name)
+
+
+def load_handler(spec: str) -> Handler:
+    """Import ``module:callable`` (the callable may be dotted: ``module:Class.method``)."""
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise HandlerError(f"handler {spec!r} is not in the form module:callable")
+    try:
+        target: object = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise HandlerError(f"handler {spec!r}: cannot import {module_name!r}: {exc}") from exc
+    for part in attr.split("."):
+        try:
+            target = getattr(target, part)
+        except AttributeError:
+            raise HandlerError(f"handler {spec!r}: {module_name!r} has no {attr!r}") from None
+    if not inspect.iscoroutinefunction(target):
+        raise HandlerError(f"handler {spec!r} is not an async function")
+    return cast(Handler, target)
+
+
+def load_handlers(specs: Iterable[str], *, use_entry_points: bool = True) -> HandlerSet:
+    """The handlers named in ``specs`` plus those registered under ``bfl_hooks.handlers``."""
+    names = list(specs)
+    if use_entry_points:
+        names += [ep.value for ep in entry_points(group=ENTRY_POINT_GROUP)]
+    return HandlerSet({name: load_handler(name) for name in dict.fromkeys(names)})
+

@@ -1,0 +1,88 @@
+"""Parse a verified webhook body into one typed notice, whichever of BFL's shapes it has.
+
+Shape A (BFL docs' get_result): ``{"id", "status": "Ready", "result": {"sample", ...}}``.
+Shape B (seen in public receivers): ``{"task_id", "status": "SUCCESS", "result", "error"}``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from receiver.events import Status
+
+_STATUSES: dict[str, Status] = {
+    "ready": Status.READY,
+    "success": Status.READY,
+    "pending": Status.PENDING,
+    "error": Status.ERROR,
+    "failed": Status.ERROR,
+    "request moderated": Status.REQUEST_MODERATED,
+    "content moderated": Status.CONTENT_MODERATED,
+    "task not found": Status.TASK_NOT_FOUND,
+}
+
+MAX_TASK_ID_LENGTH = 200
+
+
+class PayloadError(ValueError):
+    """The body is not JSON, or carries no usable task id."""
+
+
+@dataclass(frozen=True, slots=True)
+class Notice:
+    """A webhook (or a polled result) reduced to what the pipeline needs."""
+
+    task_id: str
+    status: Status
+    raw_status: str
+    sample_url: str | None
+    error: str | None
+    payload: dict[str, Any]
+
+
+def parse_status(raw: object) -> Status:
+    if not isinstance(raw, str):
+        return Status.UNKNOWN
+    return _STATUSES.get(raw.strip().lower(), Status.UNKNOWN)
+
+
+def parse_notice(body: bytes) -> Notice:
+    """Decode and normalise ``body``; raise PayloadError when it cannot be used at all."""
+    try:
+        payload = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise PayloadError(f"body is not JSON: {exc}") from None
+    if not isinstance(payload, dict):
+        raise PayloadError("body is not a JSON object")
+    return notice_from_payload(payload)
+
+
+def notice_from_payload(payload: dict[str, Any]) -> Notice:
+    task_id = payload.get("id", payload.get("task_id"))
+    if not isinstance(task_id, str) or not task_id.strip():
+        raise PayloadError("no task id (expected 'id' or 'task_id')")
+    if len(task_id) > MAX_TASK_ID_LENGTH or not task_id.isprintable():
+        raise PayloadError("task id is too long or not printable")
+    raw_status = payload.get("status")
+    status = parse_status(raw_status)
+    result = payload.get("result")
+    sample = result.get("sample") if isinstance(result, dict) else None
+    error = payload.get("error") or payload.get("details")
+    return Notice(
+        task_id=task_id,
+        status=status,
+        raw_status=raw_status if isinstance(raw_status, str) else repr(raw_status),
+        sample_url=sample if isinstance(sample, str) and sample else None,
+        error=_error_text(error),
+        payload=payload,
+    )
+
+
+def _error_text(error: object) -> str | None:
+    if error is None or error == {}:
+        return None
+    if isinstance(error, str):
+        return error
+    return json.dumps(error, sort_keys=True)[:2000]

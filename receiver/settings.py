@@ -1,0 +1,83 @@
+"""Receiver settings: one object, read from the environment (``RECEIVER_*``) or ``.env``."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+#: BFL serves results from hosts like delivery-eu1.bfl.ai and delivery.us1.bfl.ai.
+BFL_DELIVERY_HOSTS = ("delivery-*.bfl.ai", "delivery.*.bfl.ai")
+
+CommaList = Annotated[tuple[str, ...], NoDecode]
+
+
+def _split_commas(value: object) -> object:
+    if isinstance(value, str):
+        return tuple(part.strip() for part in value.split(",") if part.strip())
+    return value
+
+
+class Settings(BaseSettings):
+    """Everything the receiver can be told; tests build one directly."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="RECEIVER_", env_file=".env", extra="ignore", frozen=True
+    )
+
+    webhook_secret: Annotated[tuple[SecretStr, ...], NoDecode] = ()
+    """Accepted webhook secrets, comma-separated so an old and a new one overlap during rotation."""
+
+    database_url: str = "sqlite:///./data/receiver.db"
+    """``sqlite:///path`` (embedded default) or ``postgresql://...``."""
+
+    storage_url: str = "file://./data/samples"
+    """Where images go: ``file://dir`` or ``s3://bucket/prefix``."""
+
+    handlers: CommaList = ()
+    """Extra handlers as ``module:callable``; entry points in ``bfl_hooks.handlers`` load too."""
+
+    sample_hosts: CommaList = BFL_DELIVERY_HOSTS
+    """Hosts a sample may be downloaded from (glob patterns); exact names may use plain http."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    public_url: str = "http://127.0.0.1:8000"
+    """The URL BFL reaches this receiver at; the submitter appends ``/webhooks/bfl``."""
+
+    max_body_bytes: int = Field(default=256 * 1024, gt=0)
+    """Webhook bodies above this are refused with 413 before they are read in full."""
+
+    max_sample_bytes: int = Field(default=64 * 1024 * 1024, gt=0)
+    """Downloads above this are aborted (BFL images are a few MB at most)."""
+
+    sample_ttl_seconds: float = Field(default=600.0, gt=0)
+    """How long a signed URL lives when it does not say (``se=``): BFL documents 10 minutes."""
+
+    workers: int = Field(default=32, ge=1, le=1024)
+    """Jobs (downloads and handler runs) executed at once."""
+
+    job_lease_seconds: float = Field(default=30.0, gt=0)
+    """A running job is renewed at a third of this; a crashed worker's jobs return after it."""
+
+    handler_max_attempts: int = Field(default=5, ge=1)
+    handler_backoff_seconds: float = Field(default=2.0, gt=0)
+    """First retry delay for a failing handler; doubles each attempt, capped at 5 minutes."""
+
+    handler_timeout_seconds: float = Field(default=300.0, gt=0)
+
+    poll_interval_seconds: float = Field(default=1.0, gt=0)
+    """How often idle workers look for due jobs that no wake-up announced (retries, replays)."""
+
+    log_level: str = "info"
+
+    @field_validator("handlers", "sample_hosts", mode="before")
+    @classmethod
+    def _split(cls, value: object) -> object:
+        return _split_commas(value)
+
+    @field_validator("webhook_secret", mode="before")
+    @classmethod
+    def _split_secrets(cls, value: object) -> object:
+        return _split_commas(value)

@@ -1,0 +1,45 @@
+"""Images as files in a directory, named by their sha256."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+from receiver.storage.base import Storage, StoredBlob, blob_name
+
+
+class LocalStorage(Storage):
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root).resolve()
+
+    async def open(self) -> None:
+        await asyncio.to_thread(self.staging_dir().mkdir, parents=True, exist_ok=True)
+
+    def staging_dir(self) -> Path:
+        return self.root / ".staging"
+
+    async def put(self, source: Path, *, sha256: str, size: int, content_type: str) -> StoredBlob:
+        target = self.root / blob_name(sha256, content_type)
+        await asyncio.to_thread(_place, source, target)
+        return StoredBlob(str(target), sha256, size, content_type)
+
+    async def read(self, location: str) -> bytes:
+        path = Path(location).resolve()
+        if not path.is_relative_to(self.root):
+            raise ValueError(f"{location!r} is outside the storage directory")
+        return await asyncio.to_thread(path.read_bytes)
+
+
+def _place(source: Path, target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if target.exists():  # same content already kept
+        source.unlink()
+        return
+    # The download was fsynced before; rename is atomic, then make the rename itself durable.
+    os.replace(source, target)
+    fd = os.open(target.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,417 @@
+"""The embedded store: SQLite in WAL mode with ``synchronous=FULL`` and group commit."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import time
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+
+from receiver.events import Status
+from receiver.payload import Notice
+from receiver.store.base import (
+    EventRecord,
+    ImageRecord,
+    Job,
+    JobKind,
+    JobRun,
+    JobState,
+    QueueCounts,
+    RecordOutcome,
+    Store,
+)
+from receiver.store.sqlite_db import SQLiteThread
+
+# Each entry migrates the schema from version i to i+1 (PRAGMA user_version).
+MIGRATIONS = [
+    """
+    CREATE TABLE events (
+        task_id     TEXT PRIMARY KEY,
+        status      TEXT NOT NULL,
+        raw_status  TEXT NOT NULL,
+        sample_url  TEXT,
+        error       TEXT,
+        payload     TEXT NOT NULL,
+        metadata    TEXT NOT NULL DEFAULT '{}',
+        received_at REAL NOT NULL,
+        updated_at  REAL NOT NULL,
+        deliveries  INTEGER NOT NULL DEFAULT 1,
+        deadline    REAL,
+        image_location     TEXT,
+        image_content_type TEXT,
+        image_size         INTEGER,
+        image_sha256       TEXT
+    );
+    CREATE INDEX events_received ON events (received_at);
+    CREATE TABLE jobs (
+        id         INTEGER PRIMARY KEY,
+        task_id    TEXT NOT NULL REFERENCES events (task_id) ON DELETE CASCADE,
+        kind       TEXT NOT NULL,
+        handler    TEXT NOT NULL DEFAULT '',
+        state      TEXT NOT NULL,
+        attempts   INTEGER NOT NULL DEFAULT 0,
+        lease      TEXT,
+        lease_until REAL,
+        last_error TEXT,
+        run_at     REAL NOT NULL,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        UNIQUE (task_id, kind, handler)
+    );
+    CREATE INDEX jobs_due ON jobs (state, run_at);
+    CREATE TABLE job_runs (
+        job_id      INTEGER NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
+        attempt     INTEGER NOT NULL,
+        outcome     TEXT NOT NULL,
+        error       TEXT,
+        finished_at REAL NOT NULL
+    );
+    CREATE INDEX job_runs_job ON job_runs (job_id);
+    """,
+]
+
+
+def sqlite_path(url: str) -> str:
+    """``sqlite:///relative/path``, ``sqlite:////absolute/path`` or ``sqlite:///:memory:``."""
+    prefix = "sqlite:///"
+    if not url.startswith(prefix):
+        raise ValueError(f"not a sqlite URL (expected {prefix}PATH): {url!r}")
+    return url[len(prefix) :]
+
+
+class SQLiteStore(Store):
+    """Events and jobs in one SQLite file; one writer thread commits batches."""
+
+    def __init__(self, url: str, *, synchronous: str = "FULL") -> None:
+        self.path = sqlite_path(url)
+        self._db = SQLiteThread(self.path, synchronous=synchronous)
+        self._work = asyncio.Event()
+
+    @property
+    def commits(self) -> int:
+        return self._db.commits
+
+    async def open(self) -> None:
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        await asyncio.to_thread(self._db.start)
+        await self._db.run(_migrate)
+
+    async def close(self) -> None:
+        await asyncio.to_thread(self._db.stop)
+
+    async def ping(self) -> None:
+        await self._db.run(lambda c: c.execute("SELECT 1").fetchone())
+
+    async def record(
+        self, notice: Notice, *, deadline: float | None, handlers: Sequence[str]
+    ) -> RecordOutcome:
+        outcome = await self._db.run(lambda c: _record(c, notice, deadline, handlers))
+        if outcome is RecordOutcome.NEW:
+            self._work.set()
+        return outcome
+
+    async def claim(self, owner: str, limit: int, lease_seconds: float) -> list[Job]:
+        lease = f"{owner}/{uuid.uuid4().hex}"
+
+        def claim(c: sqlite3.Connection) -> list[Job]:
+            now = time.time()
+            rows = c.execute(
+                """UPDATE jobs SET state = 'running', attempts = attempts + 1, lease = ?,
+                       lease_until = ?, updated_at = ?
+                   WHERE id IN (SELECT id FROM jobs WHERE state = 'queued' AND run_at <= ?
+                                ORDER BY run_at LIMIT ?)
+                   RETURNING *""",
+                (lease, now + lease_seconds, now, now, limit),
+            ).fetchall()
+            return sorted((_job(r) for r in rows), key=lambda j: j.run_at)
+
+        return await self._db.run(claim)
+
+    async def renew(self, jobs: Sequence[Job], lease_seconds: float) -> set[int]:
+        def renew(c: sqlite3.Connection) -> set[int]:
+            until = time.time() + lease_seconds
+            held = set()
+            for job in jobs:
+                cur = c.execute(
+                    "UPDATE jobs SET lease_until = ? WHERE id = ? AND lease = ? AND state = 'running'",
+                    (until, job.id, job.lease),
+                )
+                if cur.rowcount:
+                    held.add(job.id)
+            return held
+
+        return await self._db.run(renew)
+
+    async def complete(self, job: Job) -> bool:
+        return await self._db.run(lambda c: _finish(c, job, JobState.DONE, None, "ok"))
+
+    async def complete_download(
+        self, job: Job, image: ImageRecord, handlers: Sequence[str]
+    ) -> bool:
+        def complete(c: sqlite3.Connection) -> bool:
+            if not _finish(c, job, JobState.DONE, None, "ok"):
+                return False
+            now = time.time()
+            c.execute(
+                """UPDATE events SET image_location = ?, image_content_type = ?, image_size = ?,
+                       image_sha256 = ?, updated_at = ? WHERE task_id = ?""",
+                (image.location, image.content_type, image.size, image.sha256, now, job.task_id),
+            )
+            _add_handler_jobs(c, job.task_id, handlers, now)
+            return True
+
+        done = await self._db.run(complete)
+        if done and handlers:
+            self._work.set()
+        return done
+
+    async def retry(self, job: Job, error: str, delay: float) -> bool:
+        return await self._db.run(
+            lambda c: _finish(c, job, JobState.QUEUED, error, "retry", run_at=time.time() + delay)
+        )
+
+    async def bury(self, job: Job, error: str) -> bool:
+        return await self._db.run(lambda c: _finish(c, job, JobState.DEAD, error, "dead"))
+
+    async def reap(self) -> int:
+        def reap(c: sqlite3.Connection) -> int:
+            now = time.time()
+            rows = c.execute(
+                """UPDATE jobs SET state = 'queued', lease = NULL, lease_until = NULL,
+                       run_at = ?, updated_at = ?, last_error = 'lease expired'
+                   WHERE state = 'running' AND lease_until < ? RETURNING id, attempts""",
+                (now, now, now),
+            ).fetchall()
+            c.executemany(
+                "INSERT INTO job_runs VALUES (?, ?, 'lease expired', 'lease expired', ?)",
+                [(r["id"], r["attempts"], now) for r in rows],
+            )
+            return len(rows)
+
+        reaped = await self._db.run(reap)
+        if reaped:
+            self._work.set()
+        return reaped
+
+    async def replay(self, task_id: str | None = None, *, include_done: bool = False) -> int:
+        def replay(c: sqlite3.Connection) -> int:
+            now = time.time()
+            where = "(state = 'dead' OR (? AND state = 'done' AND kind = 'handler'))"
+            params: list[object] = [now, now, include_done]
+            if task_id is not None:
+                where += " AND task_id = ?"
+                params.append(task_id)
+            cur = c.execute(
+                f"""UPDATE jobs SET state = 'queued', attempts = 0, lease = NULL,
+                        lease_until = NULL, run_at = ?, updated_at = ?
+                    WHERE {where}""",
+                params,
+            )
+            return cur.rowcount
+
+        replayed = await self._db.run(replay)
+        if replayed:
+            self._work.set()
+        return replayed
+
+    async def wait_for_work(self, timeout: float) -> None:
+        try:
+            await asyncio.wait_for(self._work.wait(), timeout)
+        except TimeoutError:
+            pass
+        self._work.clear()
+
+    async def get_event(self, task_id: str) -> EventRecord | None:
+        row = await self._db.run(
+            lambda c: c.execute("SELECT * FROM events WHERE task_id = ?", (task_id,)).fetchone()
+        )
+        return _event(row) if row is not None else None
+
+    async def list_events(
+        self, *, status: Status | None = None, limit: int = 100
+    ) -> list[EventRecord]:
+        def query(c: sqlite3.Connection) -> list[sqlite3.Row]:
+            if status is None:
+                sql, params = "SELECT * FROM events", ()
+            else:
+                sql, params = "SELECT * FROM events WHERE status = ?", (status.value,)
+            return c.execute(
+                sql + " ORDER BY received_at DESC, task_id LIMIT ?", (*params, limit)
+            ).fetchall()
+
+        return [_event(r) for r in await self._db.run(query)]
+
+    async def jobs_for(self, task_id: str) -> list[Job]:
+        rows = await self._db.run(
+            lambda c: c.execute(
+                "SELECT * FROM jobs WHERE task_id = ? ORDER BY id", (task_id,)
+            ).fetchall()
+        )
+        return [_job(r) for r in rows]
+
+    async def runs_for(self, task_id: str) -> list[JobRun]:
+        rows = await self._db.run(
+            lambda c: c.execute(
+                """SELECT r.* FROM job_runs r JOIN jobs j ON j.id = r.job_id
+                   WHERE j.task_id = ? ORDER BY r.finished_at, r.job_id""",
+                (task_id,),
+            ).fetchall()
+        )
+        return [JobRun(r["job_id"], r["attempt"], r["outcome"], r["error"], r["finished_at"]) for r in rows]
+
+    async def counts(self) -> QueueCounts:
+        rows = await self._db.run(
+            lambda c: c.execute("SELECT state, count(*) AS n FROM jobs GROUP BY state").fetchall()
+        )
+        by_state = {r["state"]: r["n"] for r in rows}
+        return QueueCounts(
+            queued=by_state.get("queued", 0),
+            running=by_state.get("running", 0),
+            dead=by_state.get("dead", 0),
+            done=by_state.get("done", 0),
+        )
+
+    async def prune(self, older_than: float) -> int:
+        def prune(c: sqlite3.Connection) -> int:
+            cutoff = time.time() - older_than
+            cur = c.execute(
+                """DELETE FROM events WHERE received_at < ? AND NOT EXISTS (
+                       SELECT 1 FROM jobs WHERE jobs.task_id = events.task_id
+                       AND jobs.state IN ('queued', 'running'))""",
+                (cutoff,),
+            )
+            return cur.rowcount
+
+        return await self._db.run(prune)
+
+
+def _migrate(c: sqlite3.Connection) -> None:
+    version = c.execute("PRAGMA user_version").fetchone()[0]
+    for i, script in enumerate(MIGRATIONS[version:], start=version):
+        for statement in filter(str.strip, script.split(";")):
+            c.execute(statement)
+        c.execute(f"PRAGMA user_version = {i + 1}")
+
+
+def _record(
+    c: sqlite3.Connection, notice: Notice, deadline: float | None, handlers: Sequence[str]
+) -> RecordOutcome:
+    now = time.time()
+    row = c.execute("SELECT status FROM events WHERE task_id = ?", (notice.task_id,)).fetchone()
+    fields = (
+        notice.status.value,
+        notice.raw_status,
+        notice.sample_url,
+        notice.error,
+        json.dumps(notice.payload),
+        deadline,
+    )
+    if row is None:
+        c.execute(
+            """INSERT INTO events (status, raw_status, sample_url, error, payload, deadline,
+                   task_id, received_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+            (*fields, notice.task_id, now, now),
+        )
+    elif Status(row["status"]).terminal or not notice.status.terminal:
+        # Already final, or nothing new: count the delivery, keep what was recorded first
+        # (a late Pending must not overwrite a Ready).
+        c.execute(
+            "UPDATE events SET deliveries = deliveries + 1, updated_at = ? WHERE task_id = ?",
+            (now, notice.task_id),
+        )
+        return RecordOutcome.DUPLICATE if Status(row["status"]).terminal else RecordOutcome.PROGRESS
+    else:
+        c.execute(
+            """UPDATE events SET status = ?, raw_status = ?, sample_url = ?, error = ?,
+                   payload = ?, deadline = ?, deliveries = deliveries + 1, updated_at = ?
+               WHERE task_id = ?""",
+            (*fields, now, notice.task_id),
+        )
+    if not notice.status.terminal:
+        return RecordOutcome.PROGRESS
+    if notice.status is Status.READY and notice.sample_url:
+        c.execute(
+            """INSERT INTO jobs (task_id, kind, state, run_at, created_at, updated_at)
+               VALUES (?, 'download', 'queued', ?, ?, ?)""",
+            (notice.task_id, now, now, now),
+        )
+    else:
+        _add_handler_jobs(c, notice.task_id, handlers, now)
+    return RecordOutcome.NEW
+
+
+def _add_handler_jobs(
+    c: sqlite3.Connection, task_id: str, handlers: Sequence[str], now: float
+) -> None:
+    c.executemany(
+        """INSERT OR IGNORE INTO jobs (task_id, kind, handler, state, run_at, created_at,
+               updated_at) VALUES (?, 'handler', ?, 'queued', ?, ?, ?)""",
+        [(task_id, name, now, now, now) for name in handlers],
+    )
+
+
+def _finish(
+    c: sqlite3.Connection,
+    job: Job,
+    state: JobState,
+    error: str | None,
+    outcome: str,
+    *,
+    run_at: float | None = None,
+) -> bool:
+    """Move a running job on, fenced by its lease; record the attempt."""
+    now = time.time()
+    cur = c.execute(
+        """UPDATE jobs SET state = ?, lease = NULL, lease_until = NULL, last_error = ?,
+               run_at = coalesce(?, run_at), updated_at = ?
+           WHERE id = ? AND lease = ? AND state = 'running'""",
+        (state.value, error, run_at, now, job.id, job.lease),
+    )
+    if cur.rowcount == 0:
+        return False
+    c.execute(
+        "INSERT INTO job_runs VALUES (?, ?, ?, ?, ?)", (job.id, job.attempts, outcome, error, now)
+    )
+    return True
+
+
+def _event(r: sqlite3.Row) -> EventRecord:
+    image = None
+    if r["image_location"] is not None:
+        image = ImageRecord(
+            r["image_location"], r["image_content_type"], r["image_size"], r["image_sha256"]
+        )
+    return EventRecord(
+        task_id=r["task_id"],
+        status=Status(r["status"]),
+        raw_status=r["raw_status"],
+        sample_url=r["sample_url"],
+        error=r["error"],
+        payload=json.loads(r["payload"]),
+        metadata=json.loads(r["metadata"]),
+        received_at=r["received_at"],
+        updated_at=r["updated_at"],
+        deliveries=r["deliveries"],
+        deadline=r["deadline"],
+        image=image,
+    )
+
+
+def _job(r: sqlite3.Row) -> Job:
+    return Job(
+        id=r["id"],
+        task_id=r["task_id"],
+        kind=JobKind(r["kind"]),
+        handler=r["handler"],
+        state=JobState(r["state"]),
+        attempts=r["attempts"],
+        lease=r["lease"],
+        last_error=r["last_error"],
+        run_at=r["run_at"],
+        created_at=r["created_at"],
+        updated_at=r["updated_at"],
+    )

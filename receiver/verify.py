@@ -1,0 +1,54 @@
+"""Webhook authentication: a pure function over the raw body and headers.
+
+BFL documents the shared secret in ``X-Webhook-Secret``. One unofficial source says it may also
+sign the body as ``X-BFL-Signature: sha256=<hex HMAC-SHA256>``; we accept either, and always
+compare in constant time. ``sign`` lives beside ``verify`` so the sandbox and the tests produce
+exactly what production checks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Iterable, Mapping
+
+SECRET_HEADER = "x-webhook-secret"
+SIGNATURE_HEADER = "x-bfl-signature"
+
+
+class VerificationError(Exception):
+    """The webhook did not carry a valid secret or signature."""
+
+
+def sign(body: bytes, secret: str) -> str:
+    """The ``X-BFL-Signature`` value for ``body``: ``sha256=<hex HMAC-SHA256>``."""
+    digest = hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+    return f"sha256={digest}"
+
+
+def derive_secret(master: str, ref: str) -> str:
+    """The per-task secret for ``ref``: a leaked one authenticates that task alone."""
+    return hmac.new(master.encode(), b"bfl-hooks/task/" + ref.encode(), hashlib.sha256).hexdigest()
+
+
+def verify(body: bytes, headers: Mapping[str, str], secrets: Iterable[str]) -> None:
+    """Return if any of ``secrets`` authenticates the request, else raise VerificationError.
+
+    ``headers`` must be case-insensitive or lower-cased (Starlette's ``Headers`` is).
+    Every secret is checked, whatever matched first, so timing does not tell which one did.
+    """
+    secrets = [s for s in secrets if s]
+    if not secrets:
+        raise VerificationError("no webhook secret is configured")
+    presented = headers.get(SECRET_HEADER)
+    signature = headers.get(SIGNATURE_HEADER)
+    if presented is None and signature is None:
+        raise VerificationError("missing X-Webhook-Secret")
+    ok = False
+    for secret in secrets:
+        if presented is not None:
+            ok |= hmac.compare_digest(presented.encode(), secret.encode())
+        if signature is not None:
+            ok |= hmac.compare_digest(signature.strip().lower().encode(), sign(body, secret).encode())
+    if not ok:
+        raise VerificationError("wrong webhook secret or signature")
