@@ -73,8 +73,12 @@ def create_app(
             worker_task = None
             if run_worker:
                 worker = Worker(
-                    settings=settings, store=store, storage=storage, handlers=handler_set,
-                    client=client, metrics=metrics,
+                    settings=settings,
+                    store=store,
+                    storage=storage,
+                    handlers=handler_set,
+                    client=client,
+                    metrics=metrics,
                 )
                 worker_task = asyncio.create_task(worker.run(), name="receiver-worker")
             try:

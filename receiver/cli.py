@@ -53,7 +53,9 @@ def _with_store(settings: Settings, fn: Callable[[Store], Awaitable[T]]) -> T:
     try:
         return asyncio.run(run())
     except (OSError, ValueError) as exc:
-        raise click.ClickException(f"cannot open the store {settings.database_url!r}: {exc}") from exc
+        raise click.ClickException(
+            f"cannot open the store {settings.database_url!r}: {exc}"
+        ) from exc
 
 
 def _when(ts: float | None) -> str:
@@ -70,7 +72,10 @@ def main() -> None:
 @main.command()
 @click.option("--host", help="Address to bind (RECEIVER_HOST, default 127.0.0.1).")
 @click.option("--port", type=int, help="Port to bind (RECEIVER_PORT, default 8000).")
-def serve(host: str | None, port: int | None) -> None:
+@click.option(
+    "--fd", type=int, help="Serve on this already-listening socket (systemd, tests) instead."
+)
+def serve(host: str | None, port: int | None, fd: int | None) -> None:
     """Serve POST /webhooks/bfl, /healthz, /readyz and /metrics."""
     import uvicorn  # noqa: PLC0415 - only serve needs the server
 
@@ -90,13 +95,19 @@ def serve(host: str | None, port: int | None) -> None:
     except Exception as exc:  # a bad handler spec or URL: say so, no traceback
         raise click.ClickException(str(exc)) from exc
     uvicorn.run(
-        app, host=settings.host, port=settings.port, log_level=settings.log_level,
+        app,
+        host=settings.host,
+        port=settings.port,
+        fd=fd,
+        log_level=settings.log_level,
         timeout_graceful_shutdown=10,
     )
 
 
 @main.command()
-@click.option("--status", "status", type=click.Choice([s.value for s in Status]), help="Only this status.")
+@click.option(
+    "--status", "status", type=click.Choice([s.value for s in Status]), help="Only this status."
+)
 @click.option("--limit", type=click.IntRange(1, 100_000), default=50, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 def events(status: str | None, limit: int, as_json: bool) -> None:
@@ -131,7 +142,8 @@ def show(task_id: str, as_json: bool) -> None:
 
     async def load(store: Store) -> Any:
         return (
-            await store.get_event(task_id), await store.jobs_for(task_id),
+            await store.get_event(task_id),
+            await store.jobs_for(task_id),
             await store.runs_for(task_id),
         )
 
@@ -139,11 +151,18 @@ def show(task_id: str, as_json: bool) -> None:
     if event is None:
         raise click.ClickException(f"no event for task {task_id!r}")
     if as_json:
-        click.echo(json.dumps({
-            "event": _event_json(event),
-            "jobs": [asdict(j) | {"kind": j.kind.value, "state": j.state.value} for j in jobs],
-            "runs": [asdict(r) for r in runs],
-        }, indent=2))
+        click.echo(
+            json.dumps(
+                {
+                    "event": _event_json(event),
+                    "jobs": [
+                        asdict(j) | {"kind": j.kind.value, "state": j.state.value} for j in jobs
+                    ],
+                    "runs": [asdict(r) for r in runs],
+                },
+                indent=2,
+            )
+        )
         return
     console = Console()
     console.print(f"[bold]{event.task_id}[/]  {event.status.value} ({event.raw_status})")
@@ -151,24 +170,37 @@ def show(task_id: str, as_json: bool) -> None:
     if event.error:
         console.print(f"error: {event.error}")
     if event.image:
-        console.print(f"image: {event.image.location} ({event.image.size} B, sha256 {event.image.sha256})")
+        console.print(
+            f"image: {event.image.location} ({event.image.size} B, sha256 {event.image.sha256})"
+        )
     if event.metadata:
         console.print(f"metadata: {json.dumps(event.metadata)}")
     table = Table("job", "kind", "handler", "state", "attempts", "last error")
     for j in jobs:
-        table.add_row(str(j.id), j.kind.value, j.handler or "-", j.state.value, str(j.attempts), j.last_error or "")
+        table.add_row(
+            str(j.id),
+            j.kind.value,
+            j.handler or "-",
+            j.state.value,
+            str(j.attempts),
+            j.last_error or "",
+        )
     console.print(table)
     if runs:
         history = Table("job", "attempt", "outcome", "finished", "error")
         for r in runs:
-            history.add_row(str(r.job_id), str(r.attempt), r.outcome, _when(r.finished_at), r.error or "")
+            history.add_row(
+                str(r.job_id), str(r.attempt), r.outcome, _when(r.finished_at), r.error or ""
+            )
         console.print(history)
 
 
 @main.command()
 @click.argument("task_id", required=False)
 @click.option("--dead", is_flag=True, help="Re-run every dead job.")
-@click.option("--all-handlers", is_flag=True, help="With TASK_ID: also re-run handlers that succeeded.")
+@click.option(
+    "--all-handlers", is_flag=True, help="With TASK_ID: also re-run handlers that succeeded."
+)
 def replay(task_id: str | None, dead: bool, all_handlers: bool) -> None:
     """Re-run the dead jobs of TASK_ID, or every dead job with --dead."""
     if (task_id is None) == (not dead):

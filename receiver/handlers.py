@@ -83,4 +83,3 @@ def load_handlers(specs: Iterable[str], *, use_entry_points: bool = True) -> Han
     if use_entry_points:
         names += [ep.value for ep in entry_points(group=ENTRY_POINT_GROUP)]
     return HandlerSet({name: load_handler(name) for name in dict.fromkeys(names)})
-

@@ -44,10 +44,10 @@ class Metrics:
             registry=r,
         )
         self.handler_runs = Counter(
-            "bfl_hooks_handler_runs", "Handler runs, by handler and outcome.",
-            ["handler", "outcome"], registry=r,
+            "bfl_hooks_handler_runs",
+            "Handler runs, by handler and outcome.",
+            ["handler", "outcome"],
+            registry=r,
         )
-        self.queue_depth = Gauge(
-            "bfl_hooks_queue_depth", "Jobs queued or running.", registry=r
-        )
+        self.queue_depth = Gauge("bfl_hooks_queue_depth", "Jobs queued or running.", registry=r)
         self.dead_jobs = Gauge("bfl_hooks_dead_jobs", "Jobs in the dead state.", registry=r)

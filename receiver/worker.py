@@ -34,7 +34,7 @@ MAX_DOWNLOAD_ATTEMPTS = 20
 
 def backoff(base: float, attempt: int, cap: float) -> float:
     """Exponential backoff with jitter: about base·2^(attempt-1), never over cap."""
-    delay = min(cap, base * 2 ** max(attempt - 1, 0))
+    delay: float = min(cap, base * 2 ** max(attempt - 1, 0))
     return delay * random.uniform(0.5, 1.0)  # noqa: S311 - jitter, not a secret
 
 
@@ -73,7 +73,11 @@ class Worker:
         capacity = self.settings.workers
         while True:
             free = capacity - len(self._running)
-            jobs = await self.store.claim(self.owner, free, self.settings.job_lease_seconds) if free else []
+            jobs = (
+                await self.store.claim(self.owner, free, self.settings.job_lease_seconds)
+                if free
+                else []
+            )
             for job in jobs:
                 task = asyncio.create_task(self._run(job), name=f"job-{job.id}")
                 self._running[job.id] = (job, task)
@@ -165,7 +169,9 @@ class Worker:
             or time.time() + delay >= deadline
         )
         if hopeless:
-            reason = exc.reason if not exc.transient else f"gave up before the URL expired: {exc.reason}"
+            reason = (
+                exc.reason if not exc.transient else f"gave up before the URL expired: {exc.reason}"
+            )
             log.warning("task %s: download dead: %s", job.task_id, reason)
             self.metrics.downloads.labels("dead").inc()
             await self.store.bury(job, reason)
@@ -193,12 +199,19 @@ class Worker:
         except Exception as exc:
             error = f"{type(exc).__name__}: {exc}"[:2000]
             if job.attempts >= self.settings.handler_max_attempts:
-                log.warning("task %s: handler %s dead after %d attempts: %s",
-                            job.task_id, job.handler, job.attempts, error)
+                log.warning(
+                    "task %s: handler %s dead after %d attempts: %s",
+                    job.task_id,
+                    job.handler,
+                    job.attempts,
+                    error,
+                )
                 self.metrics.handler_runs.labels(job.handler, "dead").inc()
                 await self.store.bury(job, error)
             else:
-                delay = backoff(self.settings.handler_backoff_seconds, job.attempts, MAX_HANDLER_BACKOFF)
+                delay = backoff(
+                    self.settings.handler_backoff_seconds, job.attempts, MAX_HANDLER_BACKOFF
+                )
                 self.metrics.handler_runs.labels(job.handler, "retry").inc()
                 await self.store.retry(job, error, delay)
             return

@@ -35,7 +35,9 @@ class ThreadedServer:
     def __init__(self, app: Any, host: str = "127.0.0.1") -> None:
         self.sock = loopback_socket(host)
         self.url = base_url(self.sock)
-        config = uvicorn.Config(app, log_level="warning", lifespan="on", timeout_graceful_shutdown=5)
+        config = uvicorn.Config(
+            app, log_level="warning", lifespan="on", timeout_graceful_shutdown=5
+        )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self._run, daemon=True)
 

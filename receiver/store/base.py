@@ -171,7 +171,7 @@ class Store(abc.ABC):
         handler jobs too. Attempts start again from zero. Returns how many."""
 
     @abc.abstractmethod
-    async def wait_for_work(self, timeout: float) -> None:
+    async def wait_for_work(self, timeout: float) -> None:  # noqa: ASYNC109 - a poll interval
         """Return when new jobs may be due, or after ``timeout`` seconds."""
 
     @abc.abstractmethod

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sqlite3
 import time
@@ -137,7 +138,8 @@ class SQLiteStore(Store):
             held = set()
             for job in jobs:
                 cur = c.execute(
-                    "UPDATE jobs SET lease_until = ? WHERE id = ? AND lease = ? AND state = 'running'",
+                    """UPDATE jobs SET lease_until = ?
+                       WHERE id = ? AND lease = ? AND state = 'running'""",
                     (until, job.id, job.lease),
                 )
                 if cur.rowcount:
@@ -218,11 +220,9 @@ class SQLiteStore(Store):
             self._work.set()
         return replayed
 
-    async def wait_for_work(self, timeout: float) -> None:
-        try:
+    async def wait_for_work(self, timeout: float) -> None:  # noqa: ASYNC109 - a poll interval
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._work.wait(), timeout)
-        except TimeoutError:
-            pass
         self._work.clear()
 
     async def get_event(self, task_id: str) -> EventRecord | None:
@@ -235,10 +235,9 @@ class SQLiteStore(Store):
         self, *, status: Status | None = None, limit: int = 100
     ) -> list[EventRecord]:
         def query(c: sqlite3.Connection) -> list[sqlite3.Row]:
-            if status is None:
-                sql, params = "SELECT * FROM events", ()
-            else:
-                sql, params = "SELECT * FROM events WHERE status = ?", (status.value,)
+            sql, params = "SELECT * FROM events", []
+            if status is not None:
+                sql, params = "SELECT * FROM events WHERE status = ?", [status.value]
             return c.execute(
                 sql + " ORDER BY received_at DESC, task_id LIMIT ?", (*params, limit)
             ).fetchall()
@@ -261,7 +260,10 @@ class SQLiteStore(Store):
                 (task_id,),
             ).fetchall()
         )
-        return [JobRun(r["job_id"], r["attempt"], r["outcome"], r["error"], r["finished_at"]) for r in rows]
+        return [
+            JobRun(r["job_id"], r["attempt"], r["outcome"], r["error"], r["finished_at"])
+            for r in rows
+        ]
 
     async def counts(self) -> QueueCounts:
         rows = await self._db.run(

@@ -9,6 +9,7 @@ many webhooks arrive together they share it, so durability does not cost through
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import queue
 import sqlite3
 import threading
@@ -123,10 +124,9 @@ class SQLiteThread:
                 conn.execute("ROLLBACK")
             results = [(call, None, exc) for call in calls]
         for call, value, error in results:
-            try:
+            # RuntimeError: the caller's loop has closed, so nobody is waiting any more.
+            with contextlib.suppress(RuntimeError):
                 call.loop.call_soon_threadsafe(_settle, call.future, value, error)
-            except RuntimeError:  # the caller's loop has closed; nobody is waiting any more
-                pass
 
 
 def _settle(future: asyncio.Future[Any], value: Any, error: BaseException | None) -> None:
