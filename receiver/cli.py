@@ -222,3 +222,7 @@ def prune(older_than: str) -> None:
     settings = _settings()
     count = _with_store(settings, lambda s: s.prune(seconds))
     click.echo(f"pruned {count} event(s) older than {older_than}")
+
+
+if __name__ == "__main__":
+    main()

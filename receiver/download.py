@@ -60,8 +60,9 @@ def url_deadline(url: str, received_at: float, ttl: float) -> float:
 def host_allowed(url: str, patterns: Sequence[str]) -> bool:
     """True if ``url``'s host matches an allowlist pattern.
 
-    ``https`` is required, except for a host named exactly (no wildcard), like a local sandbox
-    (``127.0.0.1:8001``), which may use plain http. A pattern with a port matches that port only.
+    Patterns with ``*`` or ``?`` are globs over the host name and require https. A host named
+    exactly, like a local sandbox (``127.0.0.1:8001``), may use plain http; with a port it
+    matches that port only.
     """
     try:
         parts = urlsplit(url)
@@ -76,10 +77,10 @@ def host_allowed(url: str, patterns: Sequence[str]) -> bool:
         netloc = f"{netloc}:{port}"
     for raw in patterns:
         pattern = raw.strip().lower()
-        wildcard = any(ch in pattern for ch in "*?[")
-        if parts.scheme == "http" and wildcard:
-            continue
-        if fnmatch.fnmatchcase(netloc, pattern) or fnmatch.fnmatchcase(host, pattern):
+        if "*" in pattern or "?" in pattern:
+            if parts.scheme == "https" and fnmatch.fnmatchcase(host, pattern):
+                return True
+        elif pattern in (host, netloc):
             return True
     return False
 

@@ -1,0 +1,465 @@
+"""Events and jobs in PostgreSQL, shared by several receiver replicas.
+
+The SQLite store's tables and state machine (see ``base.py``), made safe for many processes:
+
+- Claims lock due rows with ``FOR UPDATE SKIP LOCKED``: replicas claiming at once take disjoint
+  jobs without waiting on each other. The reaper skips locked rows the same way.
+- Every time (leases, ``run_at``, ``received_at``) is the database's clock, so replicas whose
+  clocks disagree still agree on when a lease ran out.
+- Wake-ups cross processes with LISTEN/NOTIFY: each store listens on a dedicated connection;
+  a change that makes jobs due (new event, finished download, replay, reap) is announced with a
+  NOTIFY after it commits. Idle workers still poll at their interval, which covers a lost
+  notification (a crash between commit and NOTIFY, a dropped listening connection).
+- Finished jobs leave the claim path at once: the partial indexes cover only ``queued`` and
+  ``running`` rows. The rows themselves go with their event: ``prune`` (``bfl-receiver prune``)
+  deletes events whose jobs have all ended, and the foreign keys cascade to jobs and runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import uuid
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import asyncpg
+
+from receiver.events import Status
+from receiver.payload import Notice
+from receiver.store.base import (
+    EventRecord,
+    ImageRecord,
+    Job,
+    JobKind,
+    JobRun,
+    JobState,
+    QueueCounts,
+    RecordOutcome,
+    Store,
+)
+from receiver.store.postgres_schema import migrate
+
+if TYPE_CHECKING:
+    from receiver.store.postgres_schema import Connection
+
+log = logging.getLogger("receiver.store.postgres")
+
+#: The database's clock, as epoch seconds like ``time.time()`` (transaction start time).
+NOW = "date_part('epoch', now())"
+
+CHANNEL = "bfl_hooks_jobs"
+
+# NOTIFY takes a database-wide lock from its commit until the transaction ends, so a NOTIFY
+# inside ``record`` would serialize every webhook's commit (and fsync). Instead it goes in a
+# transaction of its own that writes nothing worth an fsync: a lost notification costs one poll.
+_NOTIFY = f"BEGIN; SET LOCAL synchronous_commit = off; NOTIFY {CHANNEL}; COMMIT;"
+
+_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
+
+
+class PostgresStore(Store):
+    """Events and jobs in PostgreSQL, through a connection pool; see the module docstring."""
+
+    def __init__(
+        self, url: str, *, min_size: int = 1, max_size: int = 10, command_timeout: float = 60.0
+    ) -> None:
+        self.url = url
+        self._min_size = min_size
+        self._max_size = max_size
+        self._command_timeout = command_timeout
+        self._pool: asyncpg.Pool[asyncpg.Record] | None = None
+        self._listener: asyncpg.Connection[asyncpg.Record] | None = None
+        self._work = asyncio.Event()
+        self._notify_pending = False
+        self._notifier: asyncio.Task[None] | None = None
+
+    @property
+    def pool(self) -> asyncpg.Pool[asyncpg.Record]:
+        if self._pool is None:
+            raise RuntimeError("the PostgreSQL store is not open")
+        return self._pool
+
+    async def open(self) -> None:
+        self._pool = await asyncpg.create_pool(
+            self.url,
+            min_size=self._min_size,
+            max_size=self._max_size,
+            command_timeout=self._command_timeout,
+        )
+        try:
+            async with self._pool.acquire() as conn:
+                await migrate(conn)
+            await self._listen()
+        except BaseException:
+            await self.close()
+            raise
+
+    async def close(self) -> None:
+        if self._notifier is not None:
+            with contextlib.suppress(Exception):
+                await self._notifier
+            self._notifier = None
+        if self._listener is not None:
+            listener, self._listener = self._listener, None
+            with contextlib.suppress(*_ERRORS):
+                await listener.close(timeout=5)
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            await pool.close()
+
+    async def ping(self) -> None:
+        await self.pool.fetchval("SELECT 1")
+
+    async def record(
+        self, notice: Notice, *, deadline: float | None, handlers: Sequence[str]
+    ) -> RecordOutcome:
+        async with self.pool.acquire() as c, c.transaction():
+            outcome = await _record(c, notice, deadline, handlers)
+        if outcome is RecordOutcome.NEW:
+            self._announce()
+        return outcome
+
+    async def claim(self, owner: str, limit: int, lease_seconds: float) -> list[Job]:
+        if limit <= 0:
+            return []
+        rows = await self.pool.fetch(
+            f"""WITH due AS (
+                    SELECT id FROM jobs WHERE state = 'queued' AND run_at <= {NOW}
+                    ORDER BY run_at, id LIMIT $3 FOR UPDATE SKIP LOCKED)
+                UPDATE jobs SET state = 'running', attempts = attempts + 1, lease = $1,
+                    lease_until = {NOW} + $2, updated_at = {NOW}
+                FROM due WHERE jobs.id = due.id
+                RETURNING jobs.*""",
+            f"{owner}/{uuid.uuid4().hex}",
+            lease_seconds,
+            limit,
+        )
+        return sorted((_job(r) for r in rows), key=lambda j: (j.run_at, j.id))
+
+    async def renew(self, jobs: Sequence[Job], lease_seconds: float) -> set[int]:
+        if not jobs:
+            return set()
+        rows = await self.pool.fetch(
+            f"""UPDATE jobs SET lease_until = {NOW} + $1
+                FROM unnest($2::bigint[], $3::text[]) AS held (id, lease)
+                WHERE jobs.id = held.id AND jobs.lease = held.lease AND jobs.state = 'running'
+                RETURNING jobs.id""",
+            lease_seconds,
+            [job.id for job in jobs],
+            [job.lease for job in jobs],
+        )
+        return {r["id"] for r in rows}
+
+    async def complete(self, job: Job) -> bool:
+        return await _finish(self.pool, job, JobState.DONE, None, "ok")
+
+    async def complete_download(
+        self, job: Job, image: ImageRecord, handlers: Sequence[str]
+    ) -> bool:
+        async with self.pool.acquire() as c, c.transaction():
+            if not await _finish(c, job, JobState.DONE, None, "ok"):
+                return False
+            await c.execute(
+                f"""UPDATE events SET image_location = $1, image_content_type = $2,
+                        image_size = $3, image_sha256 = $4, updated_at = {NOW}
+                    WHERE task_id = $5""",
+                image.location,
+                image.content_type,
+                image.size,
+                image.sha256,
+                job.task_id,
+            )
+            await _add_handler_jobs(c, job.task_id, handlers)
+        if handlers:
+            self._announce()
+        return True
+
+    async def retry(self, job: Job, error: str, delay: float) -> bool:
+        return await _finish(self.pool, job, JobState.QUEUED, error, "retry", delay=delay)
+
+    async def bury(self, job: Job, error: str) -> bool:
+        return await _finish(self.pool, job, JobState.DEAD, error, "dead")
+
+    async def reap(self) -> int:
+        # SKIP LOCKED: a row locked right now is being claimed, renewed or finished; leave it
+        # to the next round rather than wait (and never deadlock with another replica's reaper).
+        rows = await self.pool.fetch(
+            f"""WITH expired AS (
+                    UPDATE jobs SET state = 'queued', lease = NULL, lease_until = NULL,
+                        run_at = {NOW}, updated_at = {NOW}, last_error = 'lease expired'
+                    WHERE id IN (SELECT id FROM jobs WHERE state = 'running'
+                                 AND lease_until < {NOW} FOR UPDATE SKIP LOCKED)
+                    RETURNING id, attempts)
+                INSERT INTO job_runs (job_id, attempt, outcome, error, finished_at)
+                SELECT id, attempts, 'lease expired', 'lease expired', {NOW} FROM expired
+                RETURNING job_id"""
+        )
+        if rows:
+            self._announce()
+        return len(rows)
+
+    async def replay(self, task_id: str | None = None, *, include_done: bool = False) -> int:
+        status = await self.pool.execute(
+            f"""UPDATE jobs SET state = 'queued', attempts = 0, lease = NULL,
+                    lease_until = NULL, run_at = {NOW}, updated_at = {NOW}
+                WHERE (state = 'dead' OR ($1 AND state = 'done' AND kind = 'handler'))
+                AND ($2::text IS NULL OR task_id = $2)""",
+            include_done,
+            task_id,
+        )
+        replayed = _rowcount(status)
+        if replayed:
+            self._announce()
+        return replayed
+
+    async def wait_for_work(self, timeout: float) -> None:  # noqa: ASYNC109 - a poll interval
+        if self._listener is None or self._listener.is_closed():
+            await self._relisten()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._work.wait(), timeout)
+        self._work.clear()
+
+    async def get_event(self, task_id: str) -> EventRecord | None:
+        row = await self.pool.fetchrow("SELECT * FROM events WHERE task_id = $1", task_id)
+        return _event(row) if row is not None else None
+
+    async def list_events(
+        self, *, status: Status | None = None, limit: int = 100
+    ) -> list[EventRecord]:
+        rows = await self.pool.fetch(
+            """SELECT * FROM events WHERE ($1::text IS NULL OR status = $1)
+               ORDER BY received_at DESC, task_id LIMIT $2""",
+            status.value if status is not None else None,
+            limit,
+        )
+        return [_event(r) for r in rows]
+
+    async def jobs_for(self, task_id: str) -> list[Job]:
+        rows = await self.pool.fetch("SELECT * FROM jobs WHERE task_id = $1 ORDER BY id", task_id)
+        return [_job(r) for r in rows]
+
+    async def runs_for(self, task_id: str) -> list[JobRun]:
+        rows = await self.pool.fetch(
+            """SELECT r.* FROM job_runs r JOIN jobs j ON j.id = r.job_id
+               WHERE j.task_id = $1 ORDER BY r.finished_at, r.job_id""",
+            task_id,
+        )
+        return [
+            JobRun(r["job_id"], r["attempt"], r["outcome"], r["error"], r["finished_at"])
+            for r in rows
+        ]
+
+    async def counts(self) -> QueueCounts:
+        rows = await self.pool.fetch("SELECT state, count(*) AS n FROM jobs GROUP BY state")
+        by_state = {r["state"]: r["n"] for r in rows}
+        return QueueCounts(
+            queued=by_state.get("queued", 0),
+            running=by_state.get("running", 0),
+            dead=by_state.get("dead", 0),
+            done=by_state.get("done", 0),
+        )
+
+    async def prune(self, older_than: float) -> int:
+        status = await self.pool.execute(
+            f"""DELETE FROM events WHERE received_at < {NOW} - $1 AND NOT EXISTS (
+                    SELECT 1 FROM jobs WHERE jobs.task_id = events.task_id
+                    AND jobs.state IN ('queued', 'running'))""",
+            older_than,
+        )
+        return _rowcount(status)
+
+    # Wake-ups -------------------------------------------------------------------------------
+
+    async def _listen(self) -> None:
+        conn: asyncpg.Connection[asyncpg.Record] = await asyncpg.connect(self.url)
+        try:
+            await conn.add_listener(CHANNEL, self._notified)
+        except BaseException:
+            await conn.close()
+            raise
+        conn.add_termination_listener(self._listener_lost)
+        self._listener = conn
+
+    async def _relisten(self) -> None:
+        try:
+            await self._listen()
+        except _ERRORS as exc:
+            log.warning("cannot listen for new jobs (polling meanwhile): %s", exc)
+            return
+        log.info("listening for new jobs again")
+        # Whatever was announced while we were deaf: look once.
+        self._work.set()
+
+    def _notified(self, conn: object, pid: int, channel: str, payload: object) -> None:
+        self._work.set()
+
+    def _listener_lost(self, conn: object) -> None:
+        if conn is self._listener:
+            log.warning("lost the connection listening for new jobs")
+            self._listener = None
+            self._work.set()
+
+    def _announce(self) -> None:
+        """Wake this process's workers now and every replica's soon, once per burst."""
+        self._work.set()
+        self._notify_pending = True
+        if self._notifier is None or self._notifier.done():
+            self._notifier = asyncio.create_task(self._send_notifies(), name="pg-notify")
+
+    async def _send_notifies(self) -> None:
+        # One NOTIFY in flight at a time: announcements made meanwhile share the next one.
+        while self._notify_pending and self._pool is not None:
+            self._notify_pending = False
+            try:
+                await self._pool.execute(_NOTIFY)
+            except _ERRORS as exc:
+                log.warning("could not announce new jobs (replicas will poll): %s", exc)
+                return
+
+
+async def _record(
+    c: Connection, notice: Notice, deadline: float | None, handlers: Sequence[str]
+) -> RecordOutcome:
+    fields = (
+        notice.status.value,
+        notice.raw_status,
+        notice.sample_url,
+        notice.error,
+        json.dumps(notice.payload),
+        deadline,
+    )
+    for _ in range(3):
+        # The first delivery of a task is the common case: one statement, no lock taken.
+        inserted = await c.fetchval(
+            f"""INSERT INTO events (status, raw_status, sample_url, error, payload, deadline,
+                    task_id, received_at, updated_at)
+                VALUES ($1, $2, $3, $4, $5, $6, $7, {NOW}, {NOW})
+                ON CONFLICT (task_id) DO NOTHING RETURNING true""",
+            *fields,
+            notice.task_id,
+        )
+        if inserted:
+            break
+        # Known task: lock its row so that concurrent deliveries (on any replica) decide in
+        # turn, each seeing what the one before committed.
+        old = await c.fetchval(
+            "SELECT status FROM events WHERE task_id = $1 FOR UPDATE", notice.task_id
+        )
+        if old is None:  # pruned between the two statements: insert it afresh
+            continue
+        if Status(old).terminal or not notice.status.terminal:
+            # Already final, or nothing new: count the delivery, keep what was recorded first
+            # (a late Pending must not overwrite a Ready).
+            await c.execute(
+                f"""UPDATE events SET deliveries = deliveries + 1, updated_at = {NOW}
+                    WHERE task_id = $1""",
+                notice.task_id,
+            )
+            return RecordOutcome.DUPLICATE if Status(old).terminal else RecordOutcome.PROGRESS
+        await c.execute(
+            f"""UPDATE events SET status = $1, raw_status = $2, sample_url = $3, error = $4,
+                    payload = $5, deadline = $6, deliveries = deliveries + 1, updated_at = {NOW}
+                WHERE task_id = $7""",
+            *fields,
+            notice.task_id,
+        )
+        break
+    else:
+        raise RuntimeError(f"event {notice.task_id!r} kept vanishing while being recorded")
+    if not notice.status.terminal:
+        return RecordOutcome.PROGRESS
+    if notice.status is Status.READY and notice.sample_url:
+        await c.execute(
+            f"""INSERT INTO jobs (task_id, kind, state, run_at, created_at, updated_at)
+                VALUES ($1, 'download', 'queued', {NOW}, {NOW}, {NOW})""",
+            notice.task_id,
+        )
+    else:
+        await _add_handler_jobs(c, notice.task_id, handlers)
+    return RecordOutcome.NEW
+
+
+async def _add_handler_jobs(c: Connection, task_id: str, handlers: Sequence[str]) -> None:
+    await c.execute(
+        f"""INSERT INTO jobs (task_id, kind, handler, state, run_at, created_at, updated_at)
+            SELECT $1, 'handler', name, 'queued', {NOW}, {NOW}, {NOW}
+            FROM unnest($2::text[]) AS name
+            ON CONFLICT (task_id, kind, handler) DO NOTHING""",
+        task_id,
+        list(handlers),
+    )
+
+
+async def _finish(
+    c: Connection | asyncpg.Pool[asyncpg.Record],
+    job: Job,
+    state: JobState,
+    error: str | None,
+    outcome: str,
+    *,
+    delay: float | None = None,
+) -> bool:
+    """Move a running job on, fenced by its lease, and record the attempt: one statement."""
+    finished = await c.fetchval(
+        f"""WITH moved AS (
+                UPDATE jobs SET state = $1, lease = NULL, lease_until = NULL, last_error = $2,
+                    run_at = coalesce({NOW} + $3::double precision, run_at), updated_at = {NOW}
+                WHERE id = $4 AND lease = $5 AND state = 'running'
+                RETURNING id, attempts)
+            INSERT INTO job_runs (job_id, attempt, outcome, error, finished_at)
+            SELECT id, attempts, $6, $2, {NOW} FROM moved
+            RETURNING true""",
+        state.value,
+        error,
+        delay,
+        job.id,
+        job.lease,
+        outcome,
+    )
+    return bool(finished)
+
+
+def _rowcount(status: str) -> int:
+    """The row count at the end of a command tag such as ``UPDATE 3``."""
+    return int(status.rsplit(" ", 1)[-1])
+
+
+def _event(r: asyncpg.Record) -> EventRecord:
+    image = None
+    if r["image_location"] is not None:
+        image = ImageRecord(
+            r["image_location"], r["image_content_type"], r["image_size"], r["image_sha256"]
+        )
+    return EventRecord(
+        task_id=r["task_id"],
+        status=Status(r["status"]),
+        raw_status=r["raw_status"],
+        sample_url=r["sample_url"],
+        error=r["error"],
+        payload=json.loads(r["payload"]),
+        metadata=json.loads(r["metadata"]),
+        received_at=r["received_at"],
+        updated_at=r["updated_at"],
+        deliveries=r["deliveries"],
+        deadline=r["deadline"],
+        image=image,
+    )
+
+
+def _job(r: asyncpg.Record) -> Job:
+    return Job(
+        id=r["id"],
+        task_id=r["task_id"],
+        kind=JobKind(r["kind"]),
+        handler=r["handler"],
+        state=JobState(r["state"]),
+        attempts=r["attempts"],
+        lease=r["lease"],
+        last_error=r["last_error"],
+        run_at=r["run_at"],
+        created_at=r["created_at"],
+        updated_at=r["updated_at"],
+    )
