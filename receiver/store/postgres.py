@@ -17,10 +17,7 @@ The SQLite store's tables and state machine (see ``base.py``), made safe for man
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
-import logging
 import uuid
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -41,23 +38,13 @@ from receiver.store.base import (
     Store,
 )
 from receiver.store.postgres_schema import migrate
+from receiver.store.postgres_wake import Wakeups
 
 if TYPE_CHECKING:
     from receiver.store.postgres_schema import Connection
 
-log = logging.getLogger("receiver.store.postgres")
-
 #: The database's clock, as epoch seconds like ``time.time()`` (transaction start time).
 NOW = "date_part('epoch', now())"
-
-CHANNEL = "bfl_hooks_jobs"
-
-# NOTIFY takes a database-wide lock from its commit until the transaction ends, so a NOTIFY
-# inside ``record`` would serialize every webhook's commit (and fsync). Instead it goes in a
-# transaction of its own that writes nothing worth an fsync: a lost notification costs one poll.
-_NOTIFY = f"BEGIN; SET LOCAL synchronous_commit = off; NOTIFY {CHANNEL}; COMMIT;"
-
-_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
 
 class PostgresStore(Store):
@@ -71,10 +58,7 @@ class PostgresStore(Store):
         self._max_size = max_size
         self._command_timeout = command_timeout
         self._pool: asyncpg.Pool[asyncpg.Record] | None = None
-        self._listener: asyncpg.Connection[asyncpg.Record] | None = None
-        self._work = asyncio.Event()
-        self._notify_pending = False
-        self._notifier: asyncio.Task[None] | None = None
+        self._wake = Wakeups(url)
 
     @property
     def pool(self) -> asyncpg.Pool[asyncpg.Record]:
@@ -92,20 +76,13 @@ class PostgresStore(Store):
         try:
             async with self._pool.acquire() as conn:
                 await migrate(conn)
-            await self._listen()
+            await self._wake.start(self._pool)
         except BaseException:
             await self.close()
             raise
 
     async def close(self) -> None:
-        if self._notifier is not None:
-            with contextlib.suppress(Exception):
-                await self._notifier
-            self._notifier = None
-        if self._listener is not None:
-            listener, self._listener = self._listener, None
-            with contextlib.suppress(*_ERRORS):
-                await listener.close(timeout=5)
+        await self._wake.stop()
         if self._pool is not None:
             pool, self._pool = self._pool, None
             await pool.close()
@@ -119,7 +96,7 @@ class PostgresStore(Store):
         async with self.pool.acquire() as c, c.transaction():
             outcome = await _record(c, notice, deadline, handlers)
         if outcome is RecordOutcome.NEW:
-            self._announce()
+            self._wake.announce()
         return outcome
 
     async def claim(self, owner: str, limit: int, lease_seconds: float) -> list[Job]:
@@ -174,7 +151,7 @@ class PostgresStore(Store):
             )
             await _add_handler_jobs(c, job.task_id, handlers)
         if handlers:
-            self._announce()
+            self._wake.announce()
         return True
 
     async def retry(self, job: Job, error: str, delay: float) -> bool:
@@ -198,7 +175,7 @@ class PostgresStore(Store):
                 RETURNING job_id"""
         )
         if rows:
-            self._announce()
+            self._wake.announce()
         return len(rows)
 
     async def replay(self, task_id: str | None = None, *, include_done: bool = False) -> int:
@@ -212,15 +189,11 @@ class PostgresStore(Store):
         )
         replayed = _rowcount(status)
         if replayed:
-            self._announce()
+            self._wake.announce()
         return replayed
 
     async def wait_for_work(self, timeout: float) -> None:  # noqa: ASYNC109 - a poll interval
-        if self._listener is None or self._listener.is_closed():
-            await self._relisten()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._work.wait(), timeout)
-        self._work.clear()
+        await self._wake.wait(timeout)
 
     async def get_event(self, task_id: str) -> EventRecord | None:
         row = await self.pool.fetchrow("SELECT * FROM events WHERE task_id = $1", task_id)
@@ -270,54 +243,6 @@ class PostgresStore(Store):
             older_than,
         )
         return _rowcount(status)
-
-    # Wake-ups -------------------------------------------------------------------------------
-
-    async def _listen(self) -> None:
-        conn: asyncpg.Connection[asyncpg.Record] = await asyncpg.connect(self.url)
-        try:
-            await conn.add_listener(CHANNEL, self._notified)
-        except BaseException:
-            await conn.close()
-            raise
-        conn.add_termination_listener(self._listener_lost)
-        self._listener = conn
-
-    async def _relisten(self) -> None:
-        try:
-            await self._listen()
-        except _ERRORS as exc:
-            log.warning("cannot listen for new jobs (polling meanwhile): %s", exc)
-            return
-        log.info("listening for new jobs again")
-        # Whatever was announced while we were deaf: look once.
-        self._work.set()
-
-    def _notified(self, conn: object, pid: int, channel: str, payload: object) -> None:
-        self._work.set()
-
-    def _listener_lost(self, conn: object) -> None:
-        if conn is self._listener:
-            log.warning("lost the connection listening for new jobs")
-            self._listener = None
-            self._work.set()
-
-    def _announce(self) -> None:
-        """Wake this process's workers now and every replica's soon, once per burst."""
-        self._work.set()
-        self._notify_pending = True
-        if self._notifier is None or self._notifier.done():
-            self._notifier = asyncio.create_task(self._send_notifies(), name="pg-notify")
-
-    async def _send_notifies(self) -> None:
-        # One NOTIFY in flight at a time: announcements made meanwhile share the next one.
-        while self._notify_pending and self._pool is not None:
-            self._notify_pending = False
-            try:
-                await self._pool.execute(_NOTIFY)
-            except _ERRORS as exc:
-                log.warning("could not announce new jobs (replicas will poll): %s", exc)
-                return
 
 
 async def _record(

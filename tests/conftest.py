@@ -1,0 +1,57 @@
+"""Fixtures for real services the suite starts itself: PostgreSQL, S3, and store URLs."""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.pg import PostgresCluster, find_bindir
+from tests.s3 import MotoServer
+
+_databases = itertools.count(1)
+
+
+@pytest.fixture(scope="session")
+def postgres_cluster() -> Iterator[PostgresCluster]:
+    """A throwaway PostgreSQL cluster on 127.0.0.1, for the whole session."""
+    bindir = find_bindir()
+    if bindir is None:
+        reason = "PostgreSQL server binaries not found: run scripts/pg.sh (make test does)"
+        if os.environ.get("CI"):
+            pytest.fail(f"{reason}; CI must test PostgreSQL, not skip it")
+        pytest.skip(reason)
+    cluster = PostgresCluster(bindir)
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def postgres_url(postgres_cluster: PostgresCluster) -> str:
+    """A fresh, empty database for one test (creating one takes a few tens of ms)."""
+    return postgres_cluster.create_database(f"test_{os.getpid()}_{next(_databases)}")
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """``RECEIVER_DATABASE_URL`` for an empty store, once per engine."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'receiver.db'}"
+    url: str = request.getfixturevalue("postgres_url")
+    return url
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """The URL of an S3-compatible server (moto) on 127.0.0.1, for the whole session."""
+    server = MotoServer().start()
+    try:
+        yield server.url
+    finally:
+        server.stop()

@@ -1,0 +1,64 @@
+"""A real S3-compatible server on loopback for tests: ``moto_server`` as a subprocess.
+
+It binds port 0 and prints the port the kernel chose, which is read from its log.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+START_TIMEOUT = 30.0
+
+#: moto accepts any credentials; these only have to be the same everywhere.
+ACCESS_KEY_ID = "testing"
+SECRET_ACCESS_KEY = "testing"
+REGION = "us-east-1"
+
+
+class MotoServer:
+    """``python -m moto.server`` on 127.0.0.1, stopped with ``stop()``."""
+
+    def __init__(self) -> None:
+        self.url = ""
+        self._proc: subprocess.Popen[bytes] | None = None
+        fd, name = tempfile.mkstemp(prefix="bfl-moto-", suffix=".log")
+        os.close(fd)
+        self._log = Path(name)
+
+    def start(self) -> MotoServer:
+        with self._log.open("wb") as log:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", "0"],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            found = re.search(rb"Running on (http://127\.0\.0\.1:\d+)", self._log.read_bytes())
+            if found:
+                self.url = found.group(1).decode()
+                return self
+            if self._proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        output = self._log.read_text(errors="replace")
+        self.stop()
+        raise RuntimeError(f"moto_server did not start:\n{output}")
+
+    def stop(self) -> None:
+        if self._proc is not None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+            self._proc = None
+        self._log.unlink(missing_ok=True)

@@ -1,0 +1,466 @@
+"""One contract for every store engine: each test runs on SQLite and on a real PostgreSQL.
+
+The state machine is the one drawn in ``receiver/store/base.py``. Timing-dependent steps use
+short leases and delays (a fraction of a second) and poll for the outcome.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+import asyncpg
+import pytest
+
+from receiver.events import Status
+from receiver.payload import Notice, notice_from_payload
+from receiver.store import ImageRecord, Job, JobKind, JobState, RecordOutcome, Store, open_store
+from receiver.store.postgres_schema import MIGRATIONS
+
+pytestmark = pytest.mark.anyio
+
+T = TypeVar("T")
+
+HANDLERS = ("app.hooks:reply", "app.hooks:save")
+IMAGE = ImageRecord("s3://bucket/ab/cd/abcd.jpg", "image/jpeg", 1234, "ab" * 32)
+SAMPLE = "https://delivery-eu1.bfl.ai/results/x/sample.jpeg?se=2030-01-01T00%3A00%3A00Z"
+SHORT_LEASE = 0.2
+
+
+@pytest.fixture(scope="module")
+def anyio_backend() -> str:
+    return "asyncio"  # asyncpg runs on asyncio only
+
+
+@pytest.fixture
+async def store(store_url: str) -> AsyncIterator[Store]:
+    async with opened(store_url) as s:
+        yield s
+
+
+@pytest.fixture
+async def other(store_url: str) -> AsyncIterator[Store]:
+    """A second store on the same database, as another replica would have."""
+    async with opened(store_url) as s:
+        yield s
+
+
+@contextlib.asynccontextmanager
+async def opened(url: str) -> AsyncIterator[Store]:
+    store = open_store(url)
+    await store.open()
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+def notice(task_id: str, status: str = "Ready", *, sample: str | None = SAMPLE) -> Notice:
+    result = {"sample": sample} if sample else None
+    return notice_from_payload({"id": task_id, "status": status, "result": result})
+
+
+async def record(store: Store, task_id: str, status: str = "Ready", **kw: Any) -> RecordOutcome:
+    return await store.record(notice(task_id, status, **kw), deadline=None, handlers=HANDLERS)
+
+
+async def eventually(
+    fn: Callable[[], Awaitable[T]], ok: Callable[[T], bool], within: float = 5.0
+) -> T:
+    """Call ``fn`` until ``ok(result)``; fail after ``within`` seconds."""
+    deadline = time.monotonic() + within
+    while True:
+        value = await fn()
+        if ok(value):
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"still {value!r} after {within}s")
+        await asyncio.sleep(0.02)
+
+
+async def claim_one(store: Store, owner: str = "w1", lease: float = 30.0) -> Job:
+    jobs = await store.claim(owner, 1, lease)
+    assert len(jobs) == 1
+    return jobs[0]
+
+
+async def handler_jobs(store: Store, task_id: str) -> list[Job]:
+    return [j for j in await store.jobs_for(task_id) if j.kind is JobKind.HANDLER]
+
+
+# Recording ----------------------------------------------------------------------------------
+
+
+async def test_first_ready_notice_records_event_and_one_download_job(store: Store) -> None:
+    before = time.time()
+    outcome = await store.record(notice("t1"), deadline=before + 600, handlers=HANDLERS)
+    assert outcome is RecordOutcome.NEW
+    event = await store.get_event("t1")
+    assert event is not None
+    assert (event.status, event.raw_status, event.sample_url) == (Status.READY, "Ready", SAMPLE)
+    assert event.payload == {"id": "t1", "status": "Ready", "result": {"sample": SAMPLE}}
+    assert (event.metadata, event.deliveries, event.image, event.error) == ({}, 1, None, None)
+    assert event.deadline == pytest.approx(before + 600)
+    # Times are epoch seconds on both engines (PostgreSQL's clock is this machine's here).
+    assert before - 1 < event.received_at <= event.updated_at < time.time() + 1
+    [job] = await store.jobs_for("t1")
+    assert (job.kind, job.handler, job.state, job.attempts, job.lease) == (
+        JobKind.DOWNLOAD,
+        "",
+        JobState.QUEUED,
+        0,
+        None,
+    )
+
+
+async def test_pending_then_ready_dispatches_once_ready_arrives(store: Store) -> None:
+    assert await record(store, "t1", "Pending", sample=None) is RecordOutcome.PROGRESS
+    assert await store.jobs_for("t1") == []
+    assert await record(store, "t1", "Ready") is RecordOutcome.NEW
+    event = await store.get_event("t1")
+    assert event is not None
+    assert (event.status, event.sample_url, event.deliveries) == (Status.READY, SAMPLE, 2)
+    assert [j.kind for j in await store.jobs_for("t1")] == [JobKind.DOWNLOAD]
+
+
+async def test_late_pending_never_overwrites_ready(store: Store) -> None:
+    assert await record(store, "t1", "Ready") is RecordOutcome.NEW
+    assert await record(store, "t1", "Pending", sample=None) is RecordOutcome.DUPLICATE
+    event = await store.get_event("t1")
+    assert event is not None
+    assert (event.status, event.raw_status, event.sample_url) == (Status.READY, "Ready", SAMPLE)
+    assert event.deliveries == 2
+
+
+async def test_ready_three_times_is_new_then_duplicates(store: Store) -> None:
+    outcomes = [await record(store, "t1") for _ in range(3)]
+    assert outcomes == [RecordOutcome.NEW, RecordOutcome.DUPLICATE, RecordOutcome.DUPLICATE]
+    event = await store.get_event("t1")
+    assert event is not None
+    assert event.deliveries == 3
+    assert len(await store.jobs_for("t1")) == 1
+
+
+async def test_non_terminal_notices_are_progress_without_jobs(store: Store) -> None:
+    assert await record(store, "t1", "Pending", sample=None) is RecordOutcome.PROGRESS
+    assert await record(store, "t1", "Pending", sample=None) is RecordOutcome.PROGRESS
+    assert await record(store, "t2", "Sideways", sample=None) is RecordOutcome.PROGRESS
+    event = await store.get_event("t2")
+    assert event is not None
+    assert (event.status, event.raw_status) == (Status.UNKNOWN, "Sideways")
+    assert await store.jobs_for("t1") == await store.jobs_for("t2") == []
+
+
+@pytest.mark.parametrize(
+    ("status", "sample"),
+    [("Error", None), ("Content Moderated", None), ("Task not found", None), ("Ready", None)],
+)
+async def test_terminal_notice_without_sample_creates_handler_jobs_at_once(
+    store: Store, status: str, sample: str | None
+) -> None:
+    assert await record(store, "t1", status, sample=sample) is RecordOutcome.NEW
+    jobs = await store.jobs_for("t1")
+    assert [(j.kind, j.handler, j.state) for j in jobs] == [
+        (JobKind.HANDLER, name, JobState.QUEUED) for name in HANDLERS
+    ]
+
+
+async def test_concurrent_deliveries_on_two_replicas_record_one_new(
+    store: Store, other: Store
+) -> None:
+    for first in ("Ready", "Pending"):  # a new task, and a known one turning final
+        task = f"t-{first}"
+        if first == "Pending":
+            await record(store, task, first, sample=None)
+        outcomes = await asyncio.gather(*(record((store, other)[i % 2], task) for i in range(10)))
+        assert sorted(outcomes) == sorted([RecordOutcome.NEW] + [RecordOutcome.DUPLICATE] * 9)
+        event = await store.get_event(task)
+        assert event is not None
+        assert event.deliveries == (10 if first == "Ready" else 11)
+        assert len(await store.jobs_for(task)) == 1
+
+
+# Claiming, leases, finishing ------------------------------------------------------------------
+
+
+async def test_complete_download_keeps_image_and_creates_handler_jobs(store: Store) -> None:
+    await record(store, "t1")
+    job = await claim_one(store)
+    assert (job.state, job.attempts) == (JobState.RUNNING, 1)
+    assert job.lease is not None
+    assert job.lease.startswith("w1/")
+    assert await store.complete_download(job, IMAGE, HANDLERS)
+    event = await store.get_event("t1")
+    assert event is not None
+    assert event.image == IMAGE
+    download, *handlers = await store.jobs_for("t1")
+    assert (download.state, download.lease) == (JobState.DONE, None)
+    assert [(j.handler, j.state) for j in handlers] == [(h, JobState.QUEUED) for h in HANDLERS]
+    assert [(r.job_id, r.attempt, r.outcome) for r in await store.runs_for("t1")] == [
+        (job.id, 1, "ok")
+    ]
+    assert not await store.complete_download(job, IMAGE, HANDLERS)  # done already
+
+
+async def test_claim_takes_oldest_due_jobs_first_up_to_the_limit(store: Store) -> None:
+    for task in ("t1", "t2", "t3"):
+        await store.record(notice(task, "Error", sample=None), deadline=None, handlers=["h:a"])
+    first = await store.claim("w1", 2, 30)
+    assert [j.task_id for j in first] == ["t1", "t2"]
+    assert all(j.state is JobState.RUNNING and j.attempts == 1 for j in first)
+    assert [j.task_id for j in await store.claim("w2", 5, 30)] == ["t3"]
+    assert await store.claim("w3", 5, 30) == []
+
+
+async def test_parallel_claimers_never_get_the_same_job(store: Store, other: Store) -> None:
+    for i in range(20):
+        await record(store, f"t{i}", "Error", sample=None)  # 2 handler jobs each
+
+    async def drain(s: Store, owner: str) -> list[int]:
+        got: list[int] = []
+        while jobs := await s.claim(owner, 3, 30):
+            got += [j.id for j in jobs]
+        return got
+
+    claimed = await asyncio.gather(
+        *(drain(s, f"w{i}") for i, s in enumerate([store, other, store, other]))
+    )
+    ids = [job_id for batch in claimed for job_id in batch]
+    assert len(ids) == len(set(ids)) == 40
+    assert (await store.counts()).running == 40
+
+
+async def test_renew_extends_only_leases_still_held(store: Store) -> None:
+    await record(store, "t1", "Error", sample=None)
+    job = await claim_one(store, lease=SHORT_LEASE)
+    assert await store.renew([job], 30) == {job.id}
+    await asyncio.sleep(SHORT_LEASE * 1.5)
+    assert await store.reap() == 0  # renewed past the original lease
+    forged = dataclasses.replace(job, lease="w9/forged")
+    assert await store.renew([forged], 30) == set()
+    assert await store.renew([], 30) == set()
+
+
+async def test_expired_lease_is_reaped_and_the_stale_holder_is_fenced(store: Store) -> None:
+    await record(store, "t1")
+    stale = await claim_one(store, "w1", lease=SHORT_LEASE)
+    assert await eventually(store.reap, lambda n: n == 1) == 1
+    [job] = await store.jobs_for("t1")
+    assert (job.state, job.lease, job.last_error) == (JobState.QUEUED, None, "lease expired")
+    fresh = await claim_one(store, "w2")
+    assert (fresh.id, fresh.attempts) == (stale.id, 2)
+    assert fresh.lease != stale.lease
+    # The first holder wakes up late: nothing it does lands.
+    assert not await store.complete(stale)
+    assert not await store.retry(stale, "late", 0)
+    assert not await store.bury(stale, "late")
+    assert not await store.complete_download(stale, IMAGE, HANDLERS)
+    assert await store.renew([stale], 30) == set()
+    event = await store.get_event("t1")
+    assert event is not None
+    assert event.image is None
+    assert await handler_jobs(store, "t1") == []
+    assert await store.complete(fresh)
+    runs = await store.runs_for("t1")
+    assert [(r.attempt, r.outcome, r.error) for r in runs] == [
+        (1, "lease expired", "lease expired"),
+        (2, "ok", None),
+    ]
+
+
+async def test_retry_is_not_claimable_before_its_delay(store: Store) -> None:
+    await store.record(notice("t1", "Error", sample=None), deadline=None, handlers=["h:a"])
+    job = await claim_one(store)
+    started = time.monotonic()
+    assert await store.retry(job, "boom", 0.4)
+    [queued] = await store.jobs_for("t1")
+    assert (queued.state, queued.last_error, queued.lease) == (JobState.QUEUED, "boom", None)
+    assert await store.claim("w1", 5, 30) == []
+    again = await eventually(lambda: store.claim("w1", 5, 30), bool)
+    assert [(j.id, j.attempts) for j in again] == [(job.id, 2)]
+    assert time.monotonic() - started >= 0.3
+
+
+async def test_bury_is_final_until_replay(store: Store) -> None:
+    await record(store, "t1", "Error", sample=None)
+    jobs = await store.claim("w1", 2, 30)
+    assert await store.bury(jobs[0], "handler exploded")
+    assert await store.complete(jobs[1])
+    dead = (await store.jobs_for("t1"))[0]
+    assert (dead.state, dead.last_error, dead.lease) == (JobState.DEAD, "handler exploded", None)
+    assert await store.claim("w1", 5, 30) == []
+    assert not await store.bury(jobs[0], "again")  # no longer running
+
+
+async def test_replay_requeues_dead_jobs_and_done_handlers_only_when_asked(store: Store) -> None:
+    await record(store, "t1")
+    download = await claim_one(store)
+    await store.complete_download(download, IMAGE, HANDLERS)
+    first, second = await store.claim("w1", 2, 30)
+    await store.complete(first)
+    await store.bury(second, "no")
+    await record(store, "t2", "Error", sample=None)
+    for job in await store.claim("w1", 2, 30):
+        await store.bury(job, "no")
+
+    assert await store.replay("t1") == 1  # the dead one; done jobs stay done
+    [replayed] = [j for j in await store.jobs_for("t1") if j.state is JobState.QUEUED]
+    assert (replayed.id, replayed.attempts, replayed.lease) == (second.id, 0, None)
+    assert await store.replay("t-unknown") == 0
+    assert await store.replay() == 2  # every dead job, any task
+    assert await store.replay() == 0
+
+    assert await store.replay("t1", include_done=True) == 1  # the done handler, not the download
+    states = {j.kind: j.state for j in await store.jobs_for("t1") if j.id != second.id}
+    assert states == {JobKind.DOWNLOAD: JobState.DONE, JobKind.HANDLER: JobState.QUEUED}
+    again = await store.claim("w1", 10, 30)
+    assert {j.id for j in again} >= {first.id, second.id}
+    assert all(j.attempts == 1 for j in again)
+
+
+async def test_counts_every_state(store: Store) -> None:
+    for task in ("t1", "t2", "t3"):
+        await record(store, task, "Error", sample=None)
+    a, b, c = await store.claim("w1", 3, 30)
+    await store.complete(a)
+    await store.bury(b, "x")
+    counts = await store.counts()
+    assert (counts.queued, counts.running, counts.dead, counts.done) == (3, 1, 1, 1)
+    assert c.state is JobState.RUNNING
+
+
+async def test_prune_deletes_only_finished_events_older_than_the_cutoff(store: Store) -> None:
+    await record(store, "finished", "Error", sample=None)
+    await record(store, "waiting", "Error", sample=None)
+    await record(store, "pending", "Pending", sample=None)  # no jobs at all
+    for job in await store.claim("w1", 2, 30):
+        await store.complete(job)
+    assert await store.prune(3600) == 0  # all recent
+    await asyncio.sleep(0.05)
+    assert await store.prune(0) == 2
+    assert await store.get_event("finished") is None
+    assert await store.get_event("pending") is None
+    assert await store.jobs_for("finished") == []
+    assert await store.runs_for("finished") == []
+    assert await store.get_event("waiting") is not None
+    assert len(await store.jobs_for("waiting")) == 2
+
+
+# Wake-ups -------------------------------------------------------------------------------------
+
+
+async def assert_wakes(waiter: Store, trigger: Callable[[], Awaitable[object]]) -> None:
+    """``waiter.wait_for_work`` returns soon after ``trigger()``, not before."""
+    # Swallow wake-ups from the setup (a spurious wake-up is allowed: "jobs *may* be due").
+    for _ in range(10):
+        started = time.monotonic()
+        await waiter.wait_for_work(0.2)
+        if time.monotonic() - started >= 0.15:
+            break
+    waiting = asyncio.create_task(waiter.wait_for_work(30))
+    await asyncio.sleep(0.3)
+    assert not waiting.done(), "woke up before anything happened"
+    started = time.monotonic()
+    await trigger()
+    await asyncio.wait_for(waiting, 5)
+    assert time.monotonic() - started < 5
+
+
+async def test_wait_for_work_times_out_when_idle(store: Store) -> None:
+    await store.wait_for_work(0.01)
+    started = time.monotonic()
+    await store.wait_for_work(0.2)
+    assert 0.15 < time.monotonic() - started < 3
+
+
+async def test_wait_for_work_wakes_on_new_event(store: Store) -> None:
+    await assert_wakes(store, lambda: record(store, "t1"))
+
+
+async def test_wait_for_work_wakes_on_handler_jobs_replay_and_reap(store: Store) -> None:
+    await record(store, "t1")
+    job = await claim_one(store)
+    await assert_wakes(store, lambda: store.complete_download(job, IMAGE, HANDLERS))
+    first, _ = await store.claim("w1", 2, 30)
+    await store.bury(first, "x")
+    await assert_wakes(store, lambda: store.replay("t1"))
+    await store.claim("w1", 1, SHORT_LEASE)
+    await asyncio.sleep(SHORT_LEASE * 1.5)
+    await assert_wakes(store, store.reap)
+
+
+async def test_wait_for_work_wakes_on_another_replicas_changes(
+    store: Store, other: Store, store_url: str
+) -> None:
+    if store_url.startswith("sqlite"):
+        pytest.skip("SQLite serves one process: its wake-ups stay in-process")
+    await assert_wakes(store, lambda: record(other, "t1", "Error", sample=None))
+    job = await claim_one(other, lease=SHORT_LEASE)
+    await other.bury(job, "x")
+    await assert_wakes(store, other.replay)
+    await claim_one(other, lease=SHORT_LEASE)
+    await asyncio.sleep(SHORT_LEASE * 1.5)
+    await assert_wakes(store, other.reap)
+
+
+# Reading ---------------------------------------------------------------------------------------
+
+
+async def test_list_events_newest_first_filtered_and_limited(store: Store) -> None:
+    await record(store, "a", "Ready")
+    await record(store, "b", "Error", sample=None)
+    await record(store, "c", "Ready")
+    await record(store, "d", "Pending", sample=None)
+    assert [e.task_id for e in await store.list_events()] == ["d", "c", "b", "a"]
+    assert [e.task_id for e in await store.list_events(status=Status.READY)] == ["c", "a"]
+    assert [e.task_id for e in await store.list_events(limit=2)] == ["d", "c"]
+    assert await store.list_events(status=Status.CONTENT_MODERATED) == []
+    assert await store.get_event("zzz") is None
+
+
+async def test_runs_for_keeps_every_attempt_in_order(store: Store) -> None:
+    await store.record(notice("t1", "Error", sample=None), deadline=None, handlers=["h:a"])
+    job = await claim_one(store)
+    await store.retry(job, "ConnectionError: down", 0)
+    job = await claim_one(store)
+    await store.bury(job, "ValueError: bad")
+    runs = await store.runs_for("t1")
+    assert [(r.job_id, r.attempt, r.outcome, r.error) for r in runs] == [
+        (job.id, 1, "retry", "ConnectionError: down"),
+        (job.id, 2, "dead", "ValueError: bad"),
+    ]
+    assert runs[0].finished_at <= runs[1].finished_at
+    assert await store.runs_for("zzz") == []
+
+
+# Schema ----------------------------------------------------------------------------------------
+
+
+async def test_reopening_keeps_everything(store_url: str) -> None:
+    async with opened(store_url) as first:
+        await record(first, "t1")
+        await first.ping()
+    async with opened(store_url) as again:
+        event = await again.get_event("t1")
+        assert event is not None
+        assert len(await again.jobs_for("t1")) == 1
+
+
+async def test_replicas_starting_together_migrate_once(store_url: str) -> None:
+    stores = [open_store(store_url) for _ in range(4)]
+    await asyncio.gather(*(s.open() for s in stores))
+    try:
+        await asyncio.gather(*(s.ping() for s in stores))
+        if store_url.startswith("postgresql"):
+            conn = await asyncpg.connect(store_url)
+            try:
+                rows = await conn.fetch("SELECT version FROM schema_version ORDER BY version")
+            finally:
+                await conn.close()
+            assert [r["version"] for r in rows] == list(range(1, len(MIGRATIONS) + 1))
+    finally:
+        await asyncio.gather(*(s.close() for s in stores))
