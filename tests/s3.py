@@ -12,6 +12,12 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+import boto3
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
 
 START_TIMEOUT = 30.0
 
@@ -62,3 +68,14 @@ class MotoServer:
                 self._proc.wait()
             self._proc = None
         self._log.unlink(missing_ok=True)
+
+
+def client(endpoint: str) -> S3Client:
+    """A plain boto3 client for the test server, to look behind the storage's back."""
+    return boto3.session.Session().client(
+        "s3",
+        endpoint_url=endpoint,
+        region_name=REGION,
+        aws_access_key_id=ACCESS_KEY_ID,
+        aws_secret_access_key=SECRET_ACCESS_KEY,
+    )
