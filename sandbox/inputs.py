@@ -59,11 +59,13 @@ def host_allowed(host: str, allowed: Iterable[str]) -> bool:
     for raw in allowed:
         entry = raw.strip().lower()
         try:
-            if ip is not None and ip in ipaddress.ip_network(entry, strict=False):
-                return True
-        except ValueError:
+            network = ipaddress.ip_network(entry, strict=False)
+        except ValueError:  # a host name: matches only that name, never what it resolves to
             if ip is None and host == entry.rstrip("."):
                 return True
+            continue
+        if ip is not None and ip in network:
+            return True
     return False
 
 
