@@ -42,20 +42,15 @@ class Runtime:
     storage: Storage
     handlers: HandlerSet
     metrics: Metrics
+    secrets: list[str]
 
 
 class BodyTooLarge(Exception):
     pass
 
 
-def create_app(
-    settings: Settings,
-    *,
-    handlers: Mapping[str, Handler] | None = None,
-    run_worker: bool = True,
-) -> Starlette:
-    """The receiver. ``handlers`` replaces the configured ones (for embedding and tests);
-    ``run_worker=False`` only records webhooks (another process runs the jobs)."""
+def create_app(settings: Settings, *, handlers: Mapping[str, Handler] | None = None) -> Starlette:
+    """The receiver. ``handlers`` replaces the configured ones (for embedding and tests)."""
     handler_set = (
         HandlerSet(dict(handlers)) if handlers is not None else load_handlers(settings.handlers)
     )
@@ -67,11 +62,12 @@ def create_app(
         storage = open_storage(settings.storage_url)
         await store.open()
         await storage.open()
-        app.state.runtime = Runtime(settings, store, storage, handler_set, metrics)
+        secrets = [s.get_secret_value() for s in settings.webhook_secret]
+        app.state.runtime = Runtime(settings, store, storage, handler_set, metrics, secrets)
         limits = httpx.Limits(max_connections=MAX_CONNECTIONS, max_keepalive_connections=64)
         async with httpx.AsyncClient(limits=limits, headers={"user-agent": USER_AGENT}) as client:
             worker_task = None
-            if run_worker:
+            if settings.run_worker:
                 worker = Worker(
                     settings=settings,
                     store=store,
@@ -132,9 +128,9 @@ async def webhook(request: Request) -> Response:
     except BodyTooLarge:
         rt.metrics.webhooks.labels("too_large").inc()
         return _problem(413, f"body over {settings.max_body_bytes} bytes")
-    masters = [s.get_secret_value() for s in settings.webhook_secret]
-    ref = request.query_params.get("ref")
-    secrets = masters + [derive_secret(m, ref) for m in masters] if ref else masters
+    secrets = rt.secrets
+    if b"ref=" in request.scope["query_string"] and (ref := request.query_params.get("ref")):
+        secrets = secrets + [derive_secret(m, ref) for m in secrets]
     try:
         verify(body, request.headers, secrets)
     except VerificationError as exc:
@@ -155,7 +151,7 @@ async def webhook(request: Request) -> Response:
     outcome = await rt.store.record(
         notice, deadline=deadline, handlers=rt.handlers.names_for(notice.status)
     )
-    rt.metrics.webhooks.labels(outcome.value).inc()
+    rt.metrics.recorded[outcome].inc()
     if outcome is RecordOutcome.DUPLICATE:
         rt.metrics.duplicates.inc()
     rt.metrics.ack_seconds.observe(time.perf_counter() - started)

@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import re
+import socket
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict
@@ -75,13 +76,20 @@ def main() -> None:
 @click.option(
     "--fd", type=int, help="Serve on this already-listening socket (systemd, tests) instead."
 )
-def serve(host: str | None, port: int | None, fd: int | None) -> None:
+@click.option(
+    "--no-worker",
+    "no_worker",
+    is_flag=True,
+    default=None,
+    help="Only record webhooks; other processes run the jobs (RECEIVER_RUN_WORKER=false).",
+)
+def serve(host: str | None, port: int | None, fd: int | None, no_worker: bool | None) -> None:
     """Serve POST /webhooks/bfl, /healthz, /readyz and /metrics."""
     import uvicorn  # noqa: PLC0415 - only serve needs the server
 
     from receiver.app import create_app  # noqa: PLC0415
 
-    settings = _settings(host=host, port=port)
+    settings = _settings(host=host, port=port, run_worker=False if no_worker else None)
     if not settings.webhook_secret:
         raise click.ClickException(
             "RECEIVER_WEBHOOK_SECRET is not set: every webhook would be refused. "
@@ -94,14 +102,21 @@ def serve(host: str | None, port: int | None, fd: int | None) -> None:
         app = create_app(settings)
     except Exception as exc:  # a bad handler spec or URL: say so, no traceback
         raise click.ClickException(str(exc)) from exc
-    uvicorn.run(
+    config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
-        fd=fd,
         log_level=settings.log_level,
         timeout_graceful_shutdown=10,
     )
+    server = uvicorn.Server(config)
+    if fd is None:
+        server.run()
+    else:
+        # uvicorn's own fd= path wraps the socket as AF_UNIX, so asyncio never sets TCP_NODELAY
+        # on its connections and every answer waits ~40 ms for a delayed ACK; socket(fileno=)
+        # detects the real family and protocol.
+        server.run(sockets=[socket.socket(fileno=fd)])
 
 
 @main.command()

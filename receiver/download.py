@@ -12,13 +12,14 @@ import contextlib
 import fnmatch
 import hashlib
 import os
+import re
 import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import unquote, urlsplit
 
 import httpx
 
@@ -27,6 +28,7 @@ MAX_REDIRECTS = 5
 #: Longest a single attempt may take; the URL's own deadline usually cuts it shorter.
 ATTEMPT_TIMEOUT = 120.0
 CONNECT_TIMEOUT = 10.0
+_SE = re.compile(r"[?&]se=([^&#]+)")
 
 
 class DownloadError(Exception):
@@ -48,10 +50,10 @@ class Downloaded:
 
 def url_deadline(url: str, received_at: float, ttl: float) -> float:
     """When a signed URL dies: its ``se=`` expiry if it has one, else ``received_at + ttl``."""
-    values = parse_qs(urlsplit(url).query).get("se")
-    if values:
+    match = _SE.search(url)  # on every webhook: a regex, not a full query parse
+    if match:
         with contextlib.suppress(ValueError):
-            expiry = datetime.fromisoformat(values[0].replace("Z", "+00:00"))
+            expiry = datetime.fromisoformat(unquote(match.group(1)).replace("Z", "+00:00"))
             if expiry.tzinfo is not None:
                 return expiry.timestamp()
     return received_at + ttl

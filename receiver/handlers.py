@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib
 import inspect
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import TypeVar, cast
 
@@ -42,17 +41,22 @@ def wants(handler: Handler, kind: Kind) -> bool:
     return "*" in kinds or kind in kinds
 
 
-@dataclass(frozen=True)
 class HandlerSet:
     """The handlers this receiver runs, by name."""
 
-    handlers: Mapping[str, Handler]
+    def __init__(self, handlers: Mapping[str, Handler]) -> None:
+        self.handlers = dict(handlers)
+        # Asked on every webhook: work it out once per status.
+        self._names = {
+            status: sorted(n for n, h in self.handlers.items() if wants(h, status.kind))
+            if status.terminal
+            else []
+            for status in Status
+        }
 
     def names_for(self, status: Status) -> list[str]:
         """Handlers that want an event of this status, in a stable order."""
-        if not status.terminal:
-            return []
-        return sorted(name for name, h in self.handlers.items() if wants(h, status.kind))
+        return self._names[status]
 
     def get(self, name: str) -> Handler | None:
         return self.handlers.get(name)

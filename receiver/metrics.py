@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from receiver.store.base import RecordOutcome
+
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 _DOWNLOAD_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 _URL_LEFT_BUCKETS = (0, 30, 60, 120, 240, 360, 480, 540, 570, 600)
@@ -16,6 +18,8 @@ class Metrics:
         self.webhooks = Counter(
             "bfl_hooks_webhooks", "Webhooks received, by outcome.", ["outcome"], registry=r
         )
+        # Bound once: .labels() on every webhook is a measurable part of the ack path.
+        self.recorded = {o: self.webhooks.labels(o.value) for o in RecordOutcome}
         self.duplicates = Counter(
             "bfl_hooks_webhook_duplicates", "Deliveries for a task already final.", registry=r
         )

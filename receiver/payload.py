@@ -40,6 +40,8 @@ class Notice:
     sample_url: str | None
     error: str | None
     payload: dict[str, Any]
+    raw: str
+    """The JSON text as received (or as polled), kept verbatim in the store."""
 
 
 def parse_status(raw: object) -> Status:
@@ -56,10 +58,11 @@ def parse_notice(body: bytes) -> Notice:
         raise PayloadError(f"body is not JSON: {exc}") from None
     if not isinstance(payload, dict):
         raise PayloadError("body is not a JSON object")
-    return notice_from_payload(payload)
+    return notice_from_payload(payload, raw=body.decode())
 
 
-def notice_from_payload(payload: dict[str, Any]) -> Notice:
+def notice_from_payload(payload: dict[str, Any], *, raw: str | None = None) -> Notice:
+    """Normalise a decoded payload; ``raw`` is its JSON text when the caller has it."""
     task_id = payload.get("id", payload.get("task_id"))
     if not isinstance(task_id, str) or not task_id.strip():
         raise PayloadError("no task id (expected 'id' or 'task_id')")
@@ -77,6 +80,7 @@ def notice_from_payload(payload: dict[str, Any]) -> Notice:
         sample_url=sample if isinstance(sample, str) and sample else None,
         error=_error_text(error),
         payload=payload,
+        raw=raw if raw is not None else json.dumps(payload),
     )
 
 

@@ -55,6 +55,9 @@ class Settings(BaseSettings):
     sample_ttl_seconds: float = Field(default=600.0, gt=0)
     """How long a signed URL lives when it does not say (``se=``): BFL documents 10 minutes."""
 
+    run_worker: bool = True
+    """Run downloads and handlers in this process; False makes an ingest-only replica."""
+
     workers: int = Field(default=32, ge=1, le=1024)
     """Jobs (downloads and handler runs) executed at once."""
 

@@ -303,30 +303,34 @@ def _record(
     c: sqlite3.Connection, notice: Notice, deadline: float | None, handlers: Sequence[str]
 ) -> RecordOutcome:
     now = time.time()
-    row = c.execute("SELECT status FROM events WHERE task_id = ?", (notice.task_id,)).fetchone()
     fields = (
         notice.status.value,
         notice.raw_status,
         notice.sample_url,
         notice.error,
-        json.dumps(notice.payload),
+        notice.raw,
         deadline,
     )
-    if row is None:
-        c.execute(
-            """INSERT INTO events (status, raw_status, sample_url, error, payload, deadline,
-                   task_id, received_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)""",
-            (*fields, notice.task_id, now, now),
+    inserted = c.execute(
+        """INSERT INTO events (status, raw_status, sample_url, error, payload, deadline,
+               task_id, received_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+           ON CONFLICT (task_id) DO NOTHING""",
+        (*fields, notice.task_id, now, now),
+    ).rowcount
+    if not inserted:
+        known = Status(
+            c.execute("SELECT status FROM events WHERE task_id = ?", (notice.task_id,)).fetchone()[
+                0
+            ]
         )
-    elif Status(row["status"]).terminal or not notice.status.terminal:
-        # Already final, or nothing new: count the delivery, keep what was recorded first
-        # (a late Pending must not overwrite a Ready).
-        c.execute(
-            "UPDATE events SET deliveries = deliveries + 1, updated_at = ? WHERE task_id = ?",
-            (now, notice.task_id),
-        )
-        return RecordOutcome.DUPLICATE if Status(row["status"]).terminal else RecordOutcome.PROGRESS
-    else:
+        if known.terminal or not notice.status.terminal:
+            # Already final, or nothing new: count the delivery, keep what was recorded first
+            # (a late Pending must not overwrite a Ready).
+            c.execute(
+                "UPDATE events SET deliveries = deliveries + 1, updated_at = ? WHERE task_id = ?",
+                (now, notice.task_id),
+            )
+            return RecordOutcome.DUPLICATE if known.terminal else RecordOutcome.PROGRESS
         c.execute(
             """UPDATE events SET status = ?, raw_status = ?, sample_url = ?, error = ?,
                    payload = ?, deadline = ?, deliveries = deliveries + 1, updated_at = ?

@@ -1,9 +1,10 @@
 """One SQLite connection on one thread, with group commit.
 
-Callers hand in functions of a connection; the thread runs every function that is waiting in
-one transaction (each in its own savepoint, so one failure does not undo its neighbours) and
-commits once. With ``synchronous=FULL`` a commit is an fsync of the WAL, the expensive part: when
-many webhooks arrive together they share it, so durability does not cost throughput.
+Callers hand in functions of a connection; the thread runs every function that is waiting
+in one transaction and commits once. If one of them fails, each is run again in a transaction
+of its own, so one failure does not undo its neighbours. With ``synchronous=FULL`` a commit is
+an fsync of the WAL, the expensive part: webhooks that arrive together share one, so
+durability does not cost throughput.
 """
 
 from __future__ import annotations
@@ -104,35 +105,48 @@ class SQLiteThread:
             conn.close()
 
     def _run_batch(self, conn: sqlite3.Connection, calls: list[_Call]) -> None:
-        results: list[tuple[_Call, Any, BaseException | None]] = []
         try:
-            conn.execute("BEGIN IMMEDIATE")
+            results = self._transaction(conn, calls)
+        except Exception:
+            # One call failed (or the commit did): none of the batch is durable. Run each call
+            # in a transaction of its own so one bad call does not fail its neighbours. Rare,
+            # so the common path pays for no savepoints.
+            results = []
             for call in calls:
-                conn.execute("SAVEPOINT call")
                 try:
-                    value = call.fn(conn)
+                    results += self._transaction(conn, [call])
                 except Exception as exc:
-                    conn.execute("ROLLBACK TO call")
                     results.append((call, None, exc))
-                else:
-                    results.append((call, value, None))
-                conn.execute("RELEASE call")
+        by_loop: dict[asyncio.AbstractEventLoop, list[_Result]] = {}
+        for result in results:
+            by_loop.setdefault(result[0].loop, []).append(result)
+        for loop, settled in by_loop.items():
+            # One wake-up per event loop and batch, not one per call.
+            # RuntimeError: that loop has closed, so nobody is waiting any more.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(_settle, settled)
+
+    def _transaction(self, conn: sqlite3.Connection, calls: list[_Call]) -> list[_Result]:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            results: list[_Result] = [(call, call.fn(conn), None) for call in calls]
             conn.execute("COMMIT")
-            self.commits += 1
-        except Exception as exc:  # the commit itself failed: nobody's change is durable
+        except BaseException:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
-            results = [(call, None, exc) for call in calls]
-        for call, value, error in results:
-            # RuntimeError: the caller's loop has closed, so nobody is waiting any more.
-            with contextlib.suppress(RuntimeError):
-                call.loop.call_soon_threadsafe(_settle, call.future, value, error)
+            raise
+        self.commits += 1
+        return results
 
 
-def _settle(future: asyncio.Future[Any], value: Any, error: BaseException | None) -> None:
-    if future.cancelled():
-        return
-    if error is not None:
-        future.set_exception(error)
-    else:
-        future.set_result(value)
+_Result = tuple[_Call, Any, BaseException | None]
+
+
+def _settle(results: list[_Result]) -> None:
+    for call, value, error in results:
+        if call.future.cancelled():
+            continue
+        if error is not None:
+            call.future.set_exception(error)
+        else:
+            call.future.set_result(value)

@@ -1,0 +1,76 @@
+"""Pieces the benchmarks share: processes on loopback sockets, RSS, metrics."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+
+import httpx
+
+SECRET = "bench-secret-not-for-production"
+
+
+def listen() -> socket.socket:
+    """A listening socket on 127.0.0.1 and a port the kernel picks, inheritable by children."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(4096)
+    sock.set_inheritable(True)
+    return sock
+
+
+def url_of(sock: socket.socket) -> str:
+    host, port = sock.getsockname()
+    return f"http://{host}:{port}"
+
+
+def spawn(args: Sequence[str], sock: socket.socket, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """Run ``python args... --fd N`` serving on ``sock``; wait until /healthz answers."""
+    proc = subprocess.Popen(
+        [sys.executable, *args, "--fd", str(sock.fileno())],
+        env={**os.environ, **env},
+        pass_fds=(sock.fileno(),),
+        stdout=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if httpx.get(url_of(sock) + "/healthz", timeout=1).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"{args} did not start")
+        time.sleep(0.05)
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def peak_rss_mb(pid: int) -> float:
+    """The process's peak resident set (VmHWM), in MB."""
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM")
+
+
+def metric(base: str, name: str, **labels: str) -> float:
+    text = httpx.get(base + "/metrics", timeout=10).text
+    want = name + ("{" + ",".join(f'{k}="{v}"' for k, v in labels.items()) + "}" if labels else "")
+    for line in text.splitlines():
+        if line.startswith(want + " "):
+            return float(line.split()[-1])
+    return 0.0
