@@ -7,10 +7,9 @@ short leases and delays (a fraction of a second) and poll for the outcome.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import asyncpg
@@ -18,7 +17,8 @@ import pytest
 
 from receiver.events import Status
 from receiver.payload import Notice, notice_from_payload
-from receiver.store import ImageRecord, Job, JobKind, JobState, RecordOutcome, Store, open_store
+from receiver.store import EventRecord, ImageRecord, Job, JobKind, JobState, open_store
+from receiver.store.base import QueueCounts, RecordOutcome, Store
 from receiver.store.postgres_schema import MIGRATIONS
 
 pytestmark = pytest.mark.anyio
@@ -36,29 +36,6 @@ def anyio_backend() -> str:
     return "asyncio"  # asyncpg runs on asyncio only
 
 
-@pytest.fixture
-async def store(store_url: str) -> AsyncIterator[Store]:
-    async with opened(store_url) as s:
-        yield s
-
-
-@pytest.fixture
-async def other(store_url: str) -> AsyncIterator[Store]:
-    """A second store on the same database, as another replica would have."""
-    async with opened(store_url) as s:
-        yield s
-
-
-@contextlib.asynccontextmanager
-async def opened(url: str) -> AsyncIterator[Store]:
-    store = open_store(url)
-    await store.open()
-    try:
-        yield store
-    finally:
-        await store.close()
-
-
 def notice(task_id: str, status: str = "Ready", *, sample: str | None = SAMPLE) -> Notice:
     result = {"sample": sample} if sample else None
     return notice_from_payload({"id": task_id, "status": status, "result": result})
@@ -68,18 +45,13 @@ async def record(store: Store, task_id: str, status: str = "Ready", **kw: Any) -
     return await store.record(notice(task_id, status, **kw), deadline=None, handlers=HANDLERS)
 
 
-async def eventually(
-    fn: Callable[[], Awaitable[T]], ok: Callable[[T], bool], within: float = 5.0
-) -> T:
-    """Call ``fn`` until ``ok(result)``; fail after ``within`` seconds."""
-    deadline = time.monotonic() + within
-    while True:
-        value = await fn()
-        if ok(value):
+async def eventually(fn: Callable[[], Awaitable[T]]) -> T:
+    """Call ``fn`` until it returns something truthy, for at most 5 seconds."""
+    for _ in range(250):
+        if value := await fn():
             return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"still {value!r} after {within}s")
         await asyncio.sleep(0.02)
+    raise AssertionError(f"{fn} returned nothing for 5 seconds")
 
 
 async def claim_one(store: Store, owner: str = "w1", lease: float = 30.0) -> Job:
@@ -88,8 +60,10 @@ async def claim_one(store: Store, owner: str = "w1", lease: float = 30.0) -> Job
     return jobs[0]
 
 
-async def handler_jobs(store: Store, task_id: str) -> list[Job]:
-    return [j for j in await store.jobs_for(task_id) if j.kind is JobKind.HANDLER]
+async def event_of(store: Store, task_id: str) -> EventRecord:
+    event = await store.get_event(task_id)
+    assert event is not None, f"no event {task_id!r}"
+    return event
 
 
 # Recording ----------------------------------------------------------------------------------
@@ -99,8 +73,7 @@ async def test_first_ready_notice_records_event_and_one_download_job(store: Stor
     before = time.time()
     outcome = await store.record(notice("t1"), deadline=before + 600, handlers=HANDLERS)
     assert outcome is RecordOutcome.NEW
-    event = await store.get_event("t1")
-    assert event is not None
+    event = await event_of(store, "t1")
     assert (event.status, event.raw_status, event.sample_url) == (Status.READY, "Ready", SAMPLE)
     assert event.payload == {"id": "t1", "status": "Ready", "result": {"sample": SAMPLE}}
     assert (event.metadata, event.deliveries, event.image, event.error) == ({}, 1, None, None)
@@ -108,65 +81,44 @@ async def test_first_ready_notice_records_event_and_one_download_job(store: Stor
     # Times are epoch seconds on both engines (PostgreSQL's clock is this machine's here).
     assert before - 1 < event.received_at <= event.updated_at < time.time() + 1
     [job] = await store.jobs_for("t1")
-    assert (job.kind, job.handler, job.state, job.attempts, job.lease) == (
-        JobKind.DOWNLOAD,
-        "",
-        JobState.QUEUED,
-        0,
-        None,
-    )
+    expected = (JobKind.DOWNLOAD, "", JobState.QUEUED, 0, None)
+    assert (job.kind, job.handler, job.state, job.attempts, job.lease) == expected
 
 
-async def test_pending_then_ready_dispatches_once_ready_arrives(store: Store) -> None:
-    assert await record(store, "t1", "Pending", sample=None) is RecordOutcome.PROGRESS
-    assert await store.jobs_for("t1") == []
-    assert await record(store, "t1", "Ready") is RecordOutcome.NEW
-    event = await store.get_event("t1")
-    assert event is not None
-    assert (event.status, event.sample_url, event.deliveries) == (Status.READY, SAMPLE, 2)
-    assert [j.kind for j in await store.jobs_for("t1")] == [JobKind.DOWNLOAD]
-
-
-async def test_late_pending_never_overwrites_ready(store: Store) -> None:
-    assert await record(store, "t1", "Ready") is RecordOutcome.NEW
-    assert await record(store, "t1", "Pending", sample=None) is RecordOutcome.DUPLICATE
-    event = await store.get_event("t1")
-    assert event is not None
-    assert (event.status, event.raw_status, event.sample_url) == (Status.READY, "Ready", SAMPLE)
-    assert event.deliveries == 2
-
-
-async def test_ready_three_times_is_new_then_duplicates(store: Store) -> None:
-    outcomes = [await record(store, "t1") for _ in range(3)]
-    assert outcomes == [RecordOutcome.NEW, RecordOutcome.DUPLICATE, RecordOutcome.DUPLICATE]
-    event = await store.get_event("t1")
-    assert event is not None
-    assert event.deliveries == 3
-    assert len(await store.jobs_for("t1")) == 1
-
-
-async def test_non_terminal_notices_are_progress_without_jobs(store: Store) -> None:
-    assert await record(store, "t1", "Pending", sample=None) is RecordOutcome.PROGRESS
-    assert await record(store, "t1", "Pending", sample=None) is RecordOutcome.PROGRESS
-    assert await record(store, "t2", "Sideways", sample=None) is RecordOutcome.PROGRESS
-    event = await store.get_event("t2")
-    assert event is not None
-    assert (event.status, event.raw_status) == (Status.UNKNOWN, "Sideways")
-    assert await store.jobs_for("t1") == await store.jobs_for("t2") == []
+NEW, PROGRESS, DUPLICATE = RecordOutcome.NEW, RecordOutcome.PROGRESS, RecordOutcome.DUPLICATE
 
 
 @pytest.mark.parametrize(
-    ("status", "sample"),
-    [("Error", None), ("Content Moderated", None), ("Task not found", None), ("Ready", None)],
+    ("deliveries", "outcomes", "final", "jobs"),
+    [
+        (["Pending", "Ready"], [PROGRESS, NEW], "Ready", 1),
+        (["Ready", "Pending"], [NEW, DUPLICATE], "Ready", 1),  # a late Pending changes nothing
+        (["Ready", "Ready", "Ready"], [NEW, DUPLICATE, DUPLICATE], "Ready", 1),
+        (["Error", "Ready"], [NEW, DUPLICATE], "Error", len(HANDLERS)),  # the first final wins
+        (["Content Moderated"], [NEW], "Content Moderated", len(HANDLERS)),
+        (["Task not found"], [NEW], "Task not found", len(HANDLERS)),
+        (["Pending", "Pending"], [PROGRESS, PROGRESS], "Pending", 0),
+        (["Sideways"], [PROGRESS], "Sideways", 0),  # unknown: recorded, not dispatched
+    ],
 )
-async def test_terminal_notice_without_sample_creates_handler_jobs_at_once(
-    store: Store, status: str, sample: str | None
+async def test_record_outcomes_over_a_sequence_of_deliveries(
+    store: Store, deliveries: list[str], outcomes: list[RecordOutcome], final: str, jobs: int
 ) -> None:
-    assert await record(store, "t1", status, sample=sample) is RecordOutcome.NEW
-    jobs = await store.jobs_for("t1")
-    assert [(j.kind, j.handler, j.state) for j in jobs] == [
-        (JobKind.HANDLER, name, JobState.QUEUED) for name in HANDLERS
+    got = [
+        await record(store, "t1", status, sample=SAMPLE if status == "Ready" else None)
+        for status in deliveries
     ]
+    assert got == outcomes
+    event = await event_of(store, "t1")
+    assert (event.raw_status, event.deliveries) == (final, len(deliveries))
+    assert event.sample_url == (SAMPLE if final == "Ready" else None)
+    assert len(await store.jobs_for("t1")) == jobs
+
+
+async def test_terminal_notice_without_sample_creates_handler_jobs_at_once(store: Store) -> None:
+    assert await record(store, "t1", "Ready", sample=None) is RecordOutcome.NEW
+    jobs = [(j.kind, j.handler, j.state) for j in await store.jobs_for("t1")]
+    assert jobs == [(JobKind.HANDLER, name, JobState.QUEUED) for name in HANDLERS]
 
 
 async def test_concurrent_deliveries_on_two_replicas_record_one_new(
@@ -178,8 +130,7 @@ async def test_concurrent_deliveries_on_two_replicas_record_one_new(
             await record(store, task, first, sample=None)
         outcomes = await asyncio.gather(*(record((store, other)[i % 2], task) for i in range(10)))
         assert sorted(outcomes) == sorted([RecordOutcome.NEW] + [RecordOutcome.DUPLICATE] * 9)
-        event = await store.get_event(task)
-        assert event is not None
+        event = await event_of(store, task)
         assert event.deliveries == (10 if first == "Ready" else 11)
         assert len(await store.jobs_for(task)) == 1
 
@@ -194,15 +145,13 @@ async def test_complete_download_keeps_image_and_creates_handler_jobs(store: Sto
     assert job.lease is not None
     assert job.lease.startswith("w1/")
     assert await store.complete_download(job, IMAGE, HANDLERS)
-    event = await store.get_event("t1")
-    assert event is not None
+    event = await event_of(store, "t1")
     assert event.image == IMAGE
     download, *handlers = await store.jobs_for("t1")
     assert (download.state, download.lease) == (JobState.DONE, None)
     assert [(j.handler, j.state) for j in handlers] == [(h, JobState.QUEUED) for h in HANDLERS]
-    assert [(r.job_id, r.attempt, r.outcome) for r in await store.runs_for("t1")] == [
-        (job.id, 1, "ok")
-    ]
+    runs = [(r.job_id, r.attempt, r.outcome) for r in await store.runs_for("t1")]
+    assert runs == [(job.id, 1, "ok")]
     assert not await store.complete_download(job, IMAGE, HANDLERS)  # done already
 
 
@@ -248,7 +197,7 @@ async def test_renew_extends_only_leases_still_held(store: Store) -> None:
 async def test_expired_lease_is_reaped_and_the_stale_holder_is_fenced(store: Store) -> None:
     await record(store, "t1")
     stale = await claim_one(store, "w1", lease=SHORT_LEASE)
-    assert await eventually(store.reap, lambda n: n == 1) == 1
+    assert await eventually(store.reap) == 1
     [job] = await store.jobs_for("t1")
     assert (job.state, job.lease, job.last_error) == (JobState.QUEUED, None, "lease expired")
     fresh = await claim_one(store, "w2")
@@ -260,16 +209,12 @@ async def test_expired_lease_is_reaped_and_the_stale_holder_is_fenced(store: Sto
     assert not await store.bury(stale, "late")
     assert not await store.complete_download(stale, IMAGE, HANDLERS)
     assert await store.renew([stale], 30) == set()
-    event = await store.get_event("t1")
-    assert event is not None
+    event = await event_of(store, "t1")
     assert event.image is None
-    assert await handler_jobs(store, "t1") == []
+    assert [j.kind for j in await store.jobs_for("t1")] == [JobKind.DOWNLOAD]
     assert await store.complete(fresh)
-    runs = await store.runs_for("t1")
-    assert [(r.attempt, r.outcome, r.error) for r in runs] == [
-        (1, "lease expired", "lease expired"),
-        (2, "ok", None),
-    ]
+    runs = [(r.attempt, r.outcome, r.error) for r in await store.runs_for("t1")]
+    assert runs == [(1, "lease expired", "lease expired"), (2, "ok", None)]
 
 
 async def test_retry_is_not_claimable_before_its_delay(store: Store) -> None:
@@ -280,7 +225,7 @@ async def test_retry_is_not_claimable_before_its_delay(store: Store) -> None:
     [queued] = await store.jobs_for("t1")
     assert (queued.state, queued.last_error, queued.lease) == (JobState.QUEUED, "boom", None)
     assert await store.claim("w1", 5, 30) == []
-    again = await eventually(lambda: store.claim("w1", 5, 30), bool)
+    again = await eventually(lambda: store.claim("w1", 5, 30))
     assert [(j.id, j.attempts) for j in again] == [(job.id, 2)]
     assert time.monotonic() - started >= 0.3
 
@@ -328,9 +273,8 @@ async def test_counts_every_state(store: Store) -> None:
     a, b, c = await store.claim("w1", 3, 30)
     await store.complete(a)
     await store.bury(b, "x")
-    counts = await store.counts()
-    assert (counts.queued, counts.running, counts.dead, counts.done) == (3, 1, 1, 1)
     assert c.state is JobState.RUNNING
+    assert await store.counts() == QueueCounts(queued=3, running=1, dead=1, done=1)
 
 
 async def test_prune_deletes_only_finished_events_older_than_the_cutoff(store: Store) -> None:
@@ -353,36 +297,28 @@ async def test_prune_deletes_only_finished_events_older_than_the_cutoff(store: S
 # Wake-ups -------------------------------------------------------------------------------------
 
 
-async def assert_wakes(waiter: Store, trigger: Callable[[], Awaitable[object]]) -> None:
-    """``waiter.wait_for_work`` returns soon after ``trigger()``, not before."""
-    # Swallow wake-ups from the setup (a spurious wake-up is allowed: "jobs *may* be due").
+async def quiet(store: Store) -> None:
+    """Swallow earlier wake-ups (spurious ones are allowed: jobs "*may* be due")."""
     for _ in range(10):
         started = time.monotonic()
-        await waiter.wait_for_work(0.2)
+        await store.wait_for_work(0.2)
         if time.monotonic() - started >= 0.15:
-            break
+            return
+    raise AssertionError("wait_for_work never waited")
+
+
+async def assert_wakes(waiter: Store, trigger: Callable[[], Awaitable[object]]) -> None:
+    """``waiter.wait_for_work`` returns soon after ``trigger()``, not before."""
+    await quiet(waiter)
     waiting = asyncio.create_task(waiter.wait_for_work(30))
     await asyncio.sleep(0.3)
     assert not waiting.done(), "woke up before anything happened"
-    started = time.monotonic()
     await trigger()
-    await asyncio.wait_for(waiting, 5)
-    assert time.monotonic() - started < 5
+    await asyncio.wait_for(waiting, 5)  # woken, well before its own 30 s timeout
 
 
-async def test_wait_for_work_times_out_when_idle(store: Store) -> None:
-    await store.wait_for_work(0.01)
-    started = time.monotonic()
-    await store.wait_for_work(0.2)
-    assert 0.15 < time.monotonic() - started < 3
-
-
-async def test_wait_for_work_wakes_on_new_event(store: Store) -> None:
+async def test_wait_for_work_wakes_on_new_jobs_replay_and_reap(store: Store) -> None:
     await assert_wakes(store, lambda: record(store, "t1"))
-
-
-async def test_wait_for_work_wakes_on_handler_jobs_replay_and_reap(store: Store) -> None:
-    await record(store, "t1")
     job = await claim_one(store)
     await assert_wakes(store, lambda: store.complete_download(job, IMAGE, HANDLERS))
     first, _ = await store.claim("w1", 2, 30)
@@ -391,6 +327,7 @@ async def test_wait_for_work_wakes_on_handler_jobs_replay_and_reap(store: Store)
     await store.claim("w1", 1, SHORT_LEASE)
     await asyncio.sleep(SHORT_LEASE * 1.5)
     await assert_wakes(store, store.reap)
+    await quiet(store)  # and when nothing happens, the timeout ends the wait
 
 
 async def test_wait_for_work_wakes_on_another_replicas_changes(
@@ -440,21 +377,16 @@ async def test_runs_for_keeps_every_attempt_in_order(store: Store) -> None:
 # Schema ----------------------------------------------------------------------------------------
 
 
-async def test_reopening_keeps_everything(store_url: str) -> None:
-    async with opened(store_url) as first:
-        await record(first, "t1")
-        await first.ping()
-    async with opened(store_url) as again:
-        event = await again.get_event("t1")
-        assert event is not None
-        assert len(await again.jobs_for("t1")) == 1
-
-
-async def test_replicas_starting_together_migrate_once(store_url: str) -> None:
+async def test_reopening_keeps_everything_and_replicas_migrate_once(
+    store: Store, store_url: str
+) -> None:
+    await record(store, "t1")
     stores = [open_store(store_url) for _ in range(4)]
-    await asyncio.gather(*(s.open() for s in stores))
+    await asyncio.gather(*(s.open() for s in stores))  # replicas starting together
     try:
-        await asyncio.gather(*(s.ping() for s in stores))
+        for again in stores:
+            await again.ping()
+            assert len(await again.jobs_for("t1")) == 1
         if store_url.startswith("postgresql"):
             conn = await asyncpg.connect(store_url)
             try:
