@@ -1,0 +1,143 @@
+"""Burst: 1,000 Ready webhooks at once, each sample 1 MB served after 200 ms by a loopback host.
+
+Prints the seconds until every image is stored and every handler has run (target <= 60 s, far
+inside the URLs' 10 minutes) and the receiver's peak RSS (target <= 250 MB). As a baseline from
+the same run it first times bare fetches of 1,000 such samples into memory with one httpx client
+at the receiver's concurrency: the floor for the download part on this machine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import click
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import SECRET, listen, metric, peak_rss_mb, post_many, spawn, stop, url_of
+
+HERE = Path(__file__).resolve().parent
+#: Like BFL delivering many webhooks at once.
+CONNECTIONS = 64
+
+
+async def post_all(url: str, sample_base: str, count: int, run: str) -> float:
+    """Send every webhook, CONNECTIONS at a time; seconds until all were acknowledged."""
+    bodies = [
+        json.dumps(
+            {
+                "id": f"{run}-{i}",
+                "status": "Ready",
+                "result": {"sample": f"{sample_base}/img/{run}-{i}.jpg", "seed": i},
+            }
+        ).encode()
+        for i in range(count)
+    ]
+    headers = {"content-type": "application/json", "x-webhook-secret": SECRET}
+    started = time.perf_counter()
+    statuses = await post_many(url, "/webhooks/bfl", bodies, headers, CONNECTIONS)
+    elapsed = time.perf_counter() - started
+    if set(statuses) != {200}:
+        raise click.ClickException(f"not every webhook was accepted: {sorted(set(statuses))}")
+    return elapsed
+
+
+async def fetch_all(sample_base: str, count: int, concurrency: int) -> float:
+    """The floor: fetch the same samples straight into memory, ``concurrency`` at a time."""
+    limit = asyncio.Semaphore(concurrency)
+    started = time.perf_counter()
+
+    async def one(client: httpx.AsyncClient, i: int) -> None:
+        async with limit:
+            resp = await client.get(f"{sample_base}/img/floor-{i}.jpg")
+            resp.raise_for_status()
+
+    limits = httpx.Limits(max_connections=concurrency)
+    async with httpx.AsyncClient(timeout=60, limits=limits) as client:
+        await asyncio.gather(*(one(client, i) for i in range(count)))
+    return time.perf_counter() - started
+
+
+@click.command()
+@click.option("--count", default=1000, show_default=True)
+@click.option("--latency", default=0.2, show_default=True, help="Delivery latency, seconds.")
+@click.option("--workers", default=32, show_default=True, help="RECEIVER_WORKERS.")
+@click.option("--timeout", default=300, show_default=True, help="Give up after this long.")
+def main(count: int, latency: float, workers: int, timeout: float) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        delivery_sock = listen()
+        delivery = spawn([str(HERE / "delivery.py"), "--latency", str(latency)], delivery_sock, {})
+        sample_base = url_of(delivery_sock)
+        receiver_sock = listen()
+        env = {
+            "RECEIVER_WEBHOOK_SECRET": SECRET,
+            "RECEIVER_DATABASE_URL": f"sqlite:///{tmp}/receiver.db",
+            "RECEIVER_STORAGE_URL": f"file://{tmp}/samples",
+            "RECEIVER_SAMPLE_HOSTS": sample_base.removeprefix("http://"),
+            "RECEIVER_HANDLERS": "bench.handler:check",
+            "RECEIVER_WORKERS": str(workers),
+            "RECEIVER_LOG_LEVEL": "warning",
+        }
+        receiver = spawn(["-m", "receiver.cli", "serve"], receiver_sock, env)
+        base = url_of(receiver_sock)
+        try:
+            floor = asyncio.run(fetch_all(sample_base, count, workers))
+            started = time.perf_counter()
+            acked = asyncio.run(post_all(base, sample_base, count, "burst"))
+            deadline = started + timeout
+            while True:
+                handled = metric(
+                    base,
+                    "bfl_hooks_handler_runs_total",
+                    handler="bench.handler:check",
+                    outcome="ok",
+                )
+                if handled >= count:
+                    break
+                if time.perf_counter() > deadline:
+                    raise click.ClickException(f"only {handled:.0f}/{count} handled in {timeout}s")
+                time.sleep(0.1)
+            total = time.perf_counter() - started
+            rss = peak_rss_mb(receiver.pid)
+            stored = metric(base, "bfl_hooks_download_bytes_total")
+            dead = metric(base, "bfl_hooks_dead_jobs")
+            left = _histogram_min_bucket(base)
+            files = sum(1 for p in Path(tmp, "samples").rglob("*.jpg"))
+        finally:
+            stop(receiver)
+            stop(delivery)
+            receiver_sock.close()
+            delivery_sock.close()
+    mb = stored / count / 1e6
+    print(f"webhooks               {count}, {mb:.2f} MB samples after {latency * 1000:.0f} ms")
+    print(f"receiver workers       {workers}")
+    print(f"all acknowledged in    {acked:6.2f} s")
+    print(f"all stored + handled   {total:6.2f} s   (target <= 60 s)")
+    print(f"floor: bare fetches    {floor:6.2f} s   (same samples, same concurrency, no disk)")
+    print(f"ratio to the floor     {total / floor:6.2f}")
+    print(f"files stored           {files}, dead jobs {dead:.0f}")
+    print(f"least URL time left    {left}")
+    print(f"receiver peak RSS      {rss:6.1f} MB (target <= 250 MB)")
+
+
+def _histogram_min_bucket(base: str) -> str:
+    """Bounds on the least time any URL had left when its download finished (from buckets)."""
+    text = httpx.get(base + "/metrics", timeout=10).text
+    lower = "0"
+    for line in text.splitlines():
+        if line.startswith("bfl_hooks_sample_url_seconds_left_bucket"):
+            le = line.split('le="')[1].split('"')[0]
+            if float(line.split()[-1]) > 0:
+                return f"between {lower} and {le} s"
+            lower = le
+    return "n/a"
+
+
+if __name__ == "__main__":
+    main()
