@@ -75,8 +75,10 @@ class PostgresCluster:
         return f"postgresql://{SERVER_USER}@127.0.0.1:{self.port}/{name}"
 
     def start(self) -> None:
-        self.root = Path(tempfile.mkdtemp(prefix="bfl-pg-"))
-        if os.geteuid() == 0:
+        root = os.geteuid() == 0
+        # As root, $TMPDIR may sit in a directory the postgres user cannot enter: use /tmp.
+        self.root = Path(tempfile.mkdtemp(prefix="bfl-pg-", dir="/tmp" if root else None))
+        if root:
             user = pwd.getpwnam(SERVER_USER)
             os.chown(self.root, user.pw_uid, user.pw_gid)
             self._as_user = {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []}
