@@ -129,7 +129,11 @@ async def webhook(request: Request) -> Response:
         rt.metrics.webhooks.labels("too_large").inc()
         return _problem(413, f"body over {settings.max_body_bytes} bytes")
     secrets = rt.secrets
-    if b"ref=" in request.scope["query_string"] and (ref := request.query_params.get("ref")):
+    ref = None
+    if b"ref=" in request.scope["query_string"]:
+        ref = request.query_params.get("ref") or None
+    if ref is not None:
+        # Per-task secrets (the submitter's default): derived from a master and the reference.
         secrets = secrets + [derive_secret(m, ref) for m in secrets]
     try:
         verify(body, request.headers, secrets)
@@ -142,6 +146,13 @@ async def webhook(request: Request) -> Response:
     except PayloadError as exc:
         rt.metrics.webhooks.labels("malformed").inc()
         return _problem(400, str(exc))
+    if ref is not None:
+        submission = await rt.store.get_submission(ref=ref)
+        if submission and submission.task_id not in (None, notice.task_id):
+            # A per-task secret authenticates its own task only, even if it leaked.
+            rt.metrics.webhooks.labels("unauthorized").inc()
+            log.warning("webhook refused: reference %s belongs to another task", ref)
+            return _problem(401, "unauthorized")
     received = time.time()
     deadline = (
         url_deadline(notice.sample_url, received, settings.sample_ttl_seconds)
@@ -149,7 +160,7 @@ async def webhook(request: Request) -> Response:
         else None
     )
     outcome = await rt.store.record(
-        notice, deadline=deadline, handlers=rt.handlers.names_for(notice.status)
+        notice, deadline=deadline, handlers=rt.handlers.names_for(notice.status), ref=ref
     )
     rt.metrics.recorded[outcome].inc()
     if outcome is RecordOutcome.DUPLICATE:

@@ -12,6 +12,7 @@ from receiver.store.base import (
     QueueCounts,
     RecordOutcome,
     Store,
+    Submission,
 )
 
 __all__ = [
@@ -24,6 +25,7 @@ __all__ = [
     "QueueCounts",
     "RecordOutcome",
     "Store",
+    "Submission",
     "open_store",
 ]
 

@@ -13,6 +13,15 @@ One interface, two engines (SQLite embedded, PostgreSQL for replicas), one state
 Every transition out of ``running`` is fenced: it names the lease token the claim returned, and
 does nothing (returns False) when the lease was lost to the reaper and claimed again elsewhere.
 A ``download`` job, once done, creates one ``handler`` job per handler in the same transaction.
+
+Submissions (what the submitter sent) live beside the events::
+
+    prepare_submission(ref) ──POST──▶ bind_submission(ref, task_id) ──▶ terminal event
+                                                       └─ reconcile: poll when no webhook came
+
+A submission is prepared under a fresh reference *before* the POST, so a webhook that beats the
+POST's answer (it carries the reference in its URL) still finds the metadata. An event's
+``metadata`` is copied from its submission when either side arrives second.
 """
 
 from __future__ import annotations
@@ -103,6 +112,27 @@ class JobRun:
 
 
 @dataclass(frozen=True, slots=True)
+class Submission:
+    """A task the submitter sent, with what it wants handlers to know."""
+
+    ref: str
+    """A random reference, made before the POST; carried in the webhook URL."""
+    endpoint: str
+    metadata: dict[str, Any]
+    submitted_at: float
+    task_id: str | None
+    """None until BFL's answer to the POST is recorded."""
+    polling_url: str | None
+    polls: int
+    """How often the reconciler has polled it."""
+    next_poll_at: float | None
+
+
+#: Statuses after which a task changes no more (stored as ``Status`` values).
+TERMINAL_STATUSES = tuple(s.value for s in Status if s.terminal)
+
+
+@dataclass(frozen=True, slots=True)
 class QueueCounts:
     queued: int
     running: int
@@ -126,14 +156,53 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def record(
-        self, notice: Notice, *, deadline: float | None, handlers: Sequence[str]
+        self,
+        notice: Notice,
+        *,
+        deadline: float | None,
+        handlers: Sequence[str],
+        ref: str | None = None,
     ) -> RecordOutcome:
         """Durably record a notice; on the first terminal one, create its jobs.
 
         A Ready notice with a sample creates one download job (its handlers come when it is
         done); any other terminal notice creates a handler job for each of ``handlers`` now.
+        ``ref`` is the submission reference the webhook URL carried: the new event takes that
+        submission's metadata (else the metadata of the submission bound to its task id).
         Returns only once the change is committed.
         """
+
+    @abc.abstractmethod
+    async def prepare_submission(self, ref: str, endpoint: str, metadata: dict[str, Any]) -> None:
+        """Before the POST: remember what is being submitted, under a fresh ``ref``."""
+
+    @abc.abstractmethod
+    async def bind_submission(self, ref: str, task_id: str, polling_url: str | None) -> None:
+        """After the POST: the task id BFL gave it and where to poll it. Copies the metadata to
+        the task's event if the webhook came first."""
+
+    @abc.abstractmethod
+    async def forget_submission(self, ref: str) -> None:
+        """The POST was refused (422, 402...): no task exists, drop the prepared row."""
+
+    @abc.abstractmethod
+    async def get_submission(
+        self, *, ref: str | None = None, task_id: str | None = None
+    ) -> Submission | None: ...
+
+    @abc.abstractmethod
+    async def active_submissions(self, endpoint: str | None = None, *, within: float) -> int:
+        """Submissions made in the last ``within`` seconds (prepared or bound) whose task has no
+        terminal event yet: what counts against BFL's concurrency limits."""
+
+    @abc.abstractmethod
+    async def due_for_reconcile(self, older_than: float, limit: int) -> list[Submission]:
+        """Bound submissions older than ``older_than`` seconds, with no terminal event, whose
+        next poll is due: oldest first."""
+
+    @abc.abstractmethod
+    async def reconciled(self, ref: str, next_in: float) -> None:
+        """Count one poll of ``ref`` and schedule the next one ``next_in`` seconds from now."""
 
     @abc.abstractmethod
     async def claim(self, owner: str, limit: int, lease_seconds: float) -> list[Job]:

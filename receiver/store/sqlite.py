@@ -10,10 +10,12 @@ import time
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from receiver.events import Status
 from receiver.payload import Notice
 from receiver.store.base import (
+    TERMINAL_STATUSES,
     EventRecord,
     ImageRecord,
     Job,
@@ -23,8 +25,11 @@ from receiver.store.base import (
     QueueCounts,
     RecordOutcome,
     Store,
+    Submission,
 )
 from receiver.store.sqlite_db import SQLiteThread
+
+_TERMINAL = ",".join("?" * len(TERMINAL_STATUSES))
 
 # Each entry migrates the schema from version i to i+1 (PRAGMA user_version).
 MIGRATIONS = [
@@ -72,6 +77,19 @@ MIGRATIONS = [
     );
     CREATE INDEX job_runs_job ON job_runs (job_id);
     """,
+    """
+    CREATE TABLE submissions (
+        ref          TEXT PRIMARY KEY,
+        task_id      TEXT UNIQUE,
+        endpoint     TEXT NOT NULL,
+        polling_url  TEXT,
+        metadata     TEXT NOT NULL DEFAULT '{}',
+        submitted_at REAL NOT NULL,
+        polls        INTEGER NOT NULL DEFAULT 0,
+        next_poll_at REAL
+    );
+    CREATE INDEX submissions_time ON submissions (submitted_at);
+    """,
 ]
 
 
@@ -108,12 +126,91 @@ class SQLiteStore(Store):
         await self._db.run(lambda c: c.execute("SELECT 1").fetchone())
 
     async def record(
-        self, notice: Notice, *, deadline: float | None, handlers: Sequence[str]
+        self,
+        notice: Notice,
+        *,
+        deadline: float | None,
+        handlers: Sequence[str],
+        ref: str | None = None,
     ) -> RecordOutcome:
-        outcome = await self._db.run(lambda c: _record(c, notice, deadline, handlers))
+        outcome = await self._db.run(lambda c: _record(c, notice, deadline, handlers, ref))
         if outcome is RecordOutcome.NEW:
             self._work.set()
         return outcome
+
+    async def prepare_submission(self, ref: str, endpoint: str, metadata: dict[str, Any]) -> None:
+        row = (ref, endpoint, json.dumps(metadata), time.time())
+        await self._db.run(
+            lambda c: c.execute(
+                """INSERT INTO submissions (ref, endpoint, metadata, submitted_at)
+                   VALUES (?, ?, ?, ?)""",
+                row,
+            )
+        )
+
+    async def bind_submission(self, ref: str, task_id: str, polling_url: str | None) -> None:
+        def bind(c: sqlite3.Connection) -> None:
+            c.execute(
+                "UPDATE submissions SET task_id = ?, polling_url = ? WHERE ref = ?",
+                (task_id, polling_url, ref),
+            )
+            c.execute(
+                """UPDATE events SET metadata = (SELECT metadata FROM submissions WHERE ref = ?)
+                   WHERE task_id = ? AND metadata = '{}'""",
+                (ref, task_id),
+            )
+
+        await self._db.run(bind)
+
+    async def forget_submission(self, ref: str) -> None:
+        await self._db.run(lambda c: c.execute("DELETE FROM submissions WHERE ref = ?", (ref,)))
+
+    async def get_submission(
+        self, *, ref: str | None = None, task_id: str | None = None
+    ) -> Submission | None:
+        column, value = ("ref", ref) if ref is not None else ("task_id", task_id)
+        row = await self._db.run(
+            lambda c: c.execute(
+                f"SELECT * FROM submissions WHERE {column} = ?", (value,)
+            ).fetchone()
+        )
+        return _submission(row) if row is not None else None
+
+    async def active_submissions(self, endpoint: str | None = None, *, within: float) -> int:
+        def count(c: sqlite3.Connection) -> int:
+            sql = f"""SELECT count(*) FROM submissions s WHERE s.submitted_at > ?
+                      AND NOT EXISTS (SELECT 1 FROM events e WHERE e.task_id = s.task_id
+                                      AND e.status IN ({_TERMINAL}))"""
+            params: list[object] = [time.time() - within, *TERMINAL_STATUSES]
+            if endpoint is not None:
+                sql += " AND s.endpoint = ?"
+                params.append(endpoint)
+            return int(c.execute(sql, params).fetchone()[0])
+
+        return await self._db.run(count)
+
+    async def due_for_reconcile(self, older_than: float, limit: int) -> list[Submission]:
+        def due(c: sqlite3.Connection) -> list[sqlite3.Row]:
+            now = time.time()
+            return c.execute(
+                f"""SELECT * FROM submissions s WHERE s.task_id IS NOT NULL
+                      AND s.submitted_at < ? AND coalesce(s.next_poll_at, 0) <= ?
+                      AND NOT EXISTS (SELECT 1 FROM events e WHERE e.task_id = s.task_id
+                                      AND e.status IN ({_TERMINAL}))
+                    ORDER BY s.submitted_at LIMIT ?""",
+                (now - older_than, now, *TERMINAL_STATUSES, limit),
+            ).fetchall()
+
+        return [_submission(r) for r in await self._db.run(due)]
+
+    async def reconciled(self, ref: str, next_in: float) -> None:
+        at = time.time() + next_in
+        await self._db.run(
+            lambda c: c.execute(
+                "UPDATE submissions SET polls = polls + 1, next_poll_at = ? WHERE ref = ?",
+                (at, ref),
+            )
+        )
 
     async def claim(self, owner: str, limit: int, lease_seconds: float) -> list[Job]:
         lease = f"{owner}/{uuid.uuid4().hex}"
@@ -300,7 +397,11 @@ def _migrate(c: sqlite3.Connection) -> None:
 
 
 def _record(
-    c: sqlite3.Connection, notice: Notice, deadline: float | None, handlers: Sequence[str]
+    c: sqlite3.Connection,
+    notice: Notice,
+    deadline: float | None,
+    handlers: Sequence[str],
+    ref: str | None,
 ) -> RecordOutcome:
     now = time.time()
     fields = (
@@ -336,6 +437,13 @@ def _record(
                    payload = ?, deadline = ?, deliveries = deliveries + 1, updated_at = ?
                WHERE task_id = ?""",
             (*fields, now, notice.task_id),
+        )
+    if inserted:
+        c.execute(
+            """UPDATE events SET metadata = coalesce((SELECT metadata FROM submissions
+                   WHERE ref = ? OR task_id = ? ORDER BY ref = ? DESC LIMIT 1), '{}')
+               WHERE task_id = ?""",
+            (ref, notice.task_id, ref, notice.task_id),
         )
     if not notice.status.terminal:
         return RecordOutcome.PROGRESS
@@ -383,6 +491,19 @@ def _finish(
         "INSERT INTO job_runs VALUES (?, ?, ?, ?, ?)", (job.id, job.attempts, outcome, error, now)
     )
     return True
+
+
+def _submission(r: sqlite3.Row) -> Submission:
+    return Submission(
+        ref=r["ref"],
+        endpoint=r["endpoint"],
+        metadata=json.loads(r["metadata"]),
+        submitted_at=r["submitted_at"],
+        task_id=r["task_id"],
+        polling_url=r["polling_url"],
+        polls=r["polls"],
+        next_poll_at=r["next_poll_at"],
+    )
 
 
 def _event(r: sqlite3.Row) -> EventRecord:
