@@ -20,6 +20,7 @@ from receiver.download import url_deadline
 from receiver.handlers import Handler, HandlerSet, load_handlers
 from receiver.metrics import Metrics
 from receiver.payload import PayloadError, parse_notice
+from receiver.reconciler import Reconciler
 from receiver.settings import Settings
 from receiver.storage import Storage, open_storage
 from receiver.store import RecordOutcome, Store, open_store
@@ -66,7 +67,7 @@ def create_app(settings: Settings, *, handlers: Mapping[str, Handler] | None = N
         app.state.runtime = Runtime(settings, store, storage, handler_set, metrics, secrets)
         limits = httpx.Limits(max_connections=MAX_CONNECTIONS, max_keepalive_connections=64)
         async with httpx.AsyncClient(limits=limits, headers={"user-agent": USER_AGENT}) as client:
-            worker_task = None
+            background = []
             if settings.run_worker:
                 worker = Worker(
                     settings=settings,
@@ -76,14 +77,27 @@ def create_app(settings: Settings, *, handlers: Mapping[str, Handler] | None = N
                     client=client,
                     metrics=metrics,
                 )
-                worker_task = asyncio.create_task(worker.run(), name="receiver-worker")
+                reconciler = Reconciler(
+                    settings=settings,
+                    store=store,
+                    client=client,
+                    metrics=metrics,
+                    handlers_for=handler_set.names_for,
+                )
+                background = [
+                    asyncio.create_task(worker.run(), name="receiver-worker"),
+                    asyncio.create_task(reconciler.run(), name="receiver-reconciler"),
+                ]
+                if settings.bfl_api_key is None:
+                    log.info("no BFL_API_KEY: tasks whose webhook never comes cannot be polled")
             try:
                 yield
             finally:
-                if worker_task is not None:
-                    worker_task.cancel()
+                for task in background:
+                    task.cancel()
+                for task in background:
                     with contextlib.suppress(asyncio.CancelledError):
-                        await worker_task
+                        await task
                 await storage.close()
                 await store.close()
 

@@ -53,5 +53,11 @@ class Metrics:
             ["handler", "outcome"],
             registry=r,
         )
+        self.reconciles = Counter(
+            "bfl_hooks_reconcile_polls",
+            "Polls of tasks whose webhook did not come, by outcome.",
+            ["outcome"],
+            registry=r,
+        )
         self.queue_depth = Gauge("bfl_hooks_queue_depth", "Jobs queued or running.", registry=r)
         self.dead_jobs = Gauge("bfl_hooks_dead_jobs", "Jobs in the dead state.", registry=r)

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from typing import Annotated
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 #: BFL serves results from hosts like delivery-eu1.bfl.ai and delivery.us1.bfl.ai.
 BFL_DELIVERY_HOSTS = ("delivery-*.bfl.ai", "delivery.*.bfl.ai")
+#: Where polling URLs may point (api.bfl.ai, api.eu.bfl.ai, api.us1.bfl.ai...): the API key goes
+#: to these hosts only.
+BFL_API_HOSTS = ("api.bfl.ai", "api.*.bfl.ai")
 
 CommaList = Annotated[tuple[str, ...], NoDecode]
 
@@ -23,7 +27,11 @@ class Settings(BaseSettings):
     """Everything the receiver can be told; tests build one directly."""
 
     model_config = SettingsConfigDict(
-        env_prefix="RECEIVER_", env_file=".env", extra="ignore", frozen=True
+        env_prefix="RECEIVER_",
+        env_file=".env",
+        extra="ignore",
+        frozen=True,
+        populate_by_name=True,
     )
 
     webhook_secret: Annotated[tuple[SecretStr, ...], NoDecode] = ()
@@ -73,7 +81,23 @@ class Settings(BaseSettings):
     poll_interval_seconds: float = Field(default=1.0, gt=0)
     """How often idle workers look for due jobs that no wake-up announced (retries, replays)."""
 
+    reconcile_after: float = Field(default=60.0, gt=0)
+    """Seconds after submission before a task with no terminal webhook is polled instead."""
+
+    bfl_api_key: SecretStr | None = Field(default=None, validation_alias="BFL_API_KEY")
+    """Needed to poll ``get_result`` for tasks whose webhook never came."""
+
+    bfl_api_url: str | None = Field(default=None, validation_alias="BFL_API_URL")
+    """A BFL-compatible API other than BFL's (the local sandbox): its host may be polled too."""
+
     log_level: str = "info"
+
+    @property
+    def poll_hosts(self) -> tuple[str, ...]:
+        """Hosts whose polling URLs the reconciler may call with the API key."""
+        if self.bfl_api_url is None:
+            return BFL_API_HOSTS
+        return (*BFL_API_HOSTS, urlsplit(self.bfl_api_url).netloc)
 
     @field_validator("handlers", "sample_hosts", mode="before")
     @classmethod
