@@ -20,12 +20,13 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
 from receiver.events import Status
 from receiver.payload import Notice
+from receiver.store import postgres_submissions as submissions
 from receiver.store.base import (
     EventRecord,
     ImageRecord,
@@ -36,6 +37,7 @@ from receiver.store.base import (
     QueueCounts,
     RecordOutcome,
     Store,
+    Submission,
 )
 from receiver.store.postgres_schema import migrate
 from receiver.store.postgres_wake import Wakeups
@@ -91,13 +93,41 @@ class PostgresStore(Store):
         await self.pool.fetchval("SELECT 1")
 
     async def record(
-        self, notice: Notice, *, deadline: float | None, handlers: Sequence[str]
+        self,
+        notice: Notice,
+        *,
+        deadline: float | None,
+        handlers: Sequence[str],
+        ref: str | None = None,
     ) -> RecordOutcome:
         async with self.pool.acquire() as c, c.transaction():
-            outcome = await _record(c, notice, deadline, handlers)
+            outcome = await _record(c, notice, deadline, handlers, ref)
         if outcome is RecordOutcome.NEW:
             self._wake.announce()
         return outcome
+
+    async def prepare_submission(self, ref: str, endpoint: str, metadata: dict[str, Any]) -> None:
+        await submissions.prepare(self.pool, ref, endpoint, metadata)
+
+    async def bind_submission(self, ref: str, task_id: str, polling_url: str | None) -> None:
+        await submissions.bind(self.pool, ref, task_id, polling_url)
+
+    async def forget_submission(self, ref: str) -> None:
+        await submissions.forget(self.pool, ref)
+
+    async def get_submission(
+        self, *, ref: str | None = None, task_id: str | None = None
+    ) -> Submission | None:
+        return await submissions.get(self.pool, ref, task_id)
+
+    async def active_submissions(self, endpoint: str | None = None, *, within: float) -> int:
+        return await submissions.active(self.pool, endpoint, within)
+
+    async def due_for_reconcile(self, older_than: float, limit: int) -> list[Submission]:
+        return await submissions.due(self.pool, older_than, limit)
+
+    async def reconciled(self, ref: str, next_in: float) -> None:
+        await submissions.reconciled(self.pool, ref, next_in)
 
     async def claim(self, owner: str, limit: int, lease_seconds: float) -> list[Job]:
         if limit <= 0:
@@ -246,14 +276,18 @@ class PostgresStore(Store):
 
 
 async def _record(
-    c: Connection, notice: Notice, deadline: float | None, handlers: Sequence[str]
+    c: Connection,
+    notice: Notice,
+    deadline: float | None,
+    handlers: Sequence[str],
+    ref: str | None,
 ) -> RecordOutcome:
     fields = (
         notice.status.value,
         notice.raw_status,
         notice.sample_url,
         notice.error,
-        json.dumps(notice.payload),
+        notice.raw,
         deadline,
     )
     for _ in range(3):
@@ -267,6 +301,7 @@ async def _record(
             notice.task_id,
         )
         if inserted:
+            await submissions.copy_metadata(c, notice.task_id, ref)
             break
         # Known task: lock its row so that concurrent deliveries (on any replica) decide in
         # turn, each seeing what the one before committed.

@@ -70,6 +70,19 @@ MIGRATIONS = [
     );
     CREATE INDEX job_runs_job ON job_runs (job_id);
     """,
+    """
+    CREATE TABLE submissions (
+        ref          text PRIMARY KEY,
+        task_id      text UNIQUE,
+        endpoint     text NOT NULL,
+        polling_url  text,
+        metadata     jsonb NOT NULL DEFAULT '{}',
+        submitted_at double precision NOT NULL,
+        polls        integer NOT NULL DEFAULT 0,
+        next_poll_at double precision
+    );
+    CREATE INDEX submissions_time ON submissions (submitted_at);
+    """,
 ]
 
 #: Held while migrating, so replicas starting together apply each migration once, in turn.

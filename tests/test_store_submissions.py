@@ -1,0 +1,120 @@
+"""The submissions half of the store contract, on SQLite and on a real PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from receiver.payload import notice_from_payload
+from receiver.store.base import RecordOutcome, Store
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture(scope="module")
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+async def finish(
+    store: Store, task_id: str, status: str = "Error", ref: str | None = None
+) -> RecordOutcome:
+    notice = notice_from_payload({"id": task_id, "status": status})
+    return await store.record(notice, deadline=None, handlers=["h"], ref=ref)
+
+
+async def test_prepare_bind_get(store: Store) -> None:
+    await store.prepare_submission("r1", "flux-dev", {"chat": 7})
+    prepared = await store.get_submission(ref="r1")
+    assert prepared is not None
+    assert (prepared.task_id, prepared.polling_url, prepared.polls) == (None, None, 0)
+    assert prepared.metadata == {"chat": 7}
+    await store.bind_submission("r1", "t1", "https://api.bfl.ai/v1/get_result?id=t1")
+    bound = await store.get_submission(task_id="t1")
+    assert bound is not None
+    assert bound.ref == "r1"
+    assert bound.polling_url == "https://api.bfl.ai/v1/get_result?id=t1"
+    assert await store.get_submission(ref="nope") is None
+    assert await store.get_submission(task_id="nope") is None
+
+
+async def test_duplicate_reference_is_refused(store: Store) -> None:
+    await store.prepare_submission("r1", "flux-dev", {})
+    with pytest.raises(Exception):  # noqa: B017, PT011 - each engine names its own error
+        await store.prepare_submission("r1", "flux-dev", {})
+
+
+async def test_forget(store: Store) -> None:
+    await store.prepare_submission("r1", "flux-dev", {})
+    await store.forget_submission("r1")
+    assert await store.get_submission(ref="r1") is None
+
+
+async def test_event_gets_metadata_by_reference_before_bind(store: Store) -> None:
+    await store.prepare_submission("r1", "flux-dev", {"chat": 1})
+    assert await finish(store, "t1", ref="r1") is RecordOutcome.NEW
+    event = await store.get_event("t1")
+    assert event is not None
+    assert event.metadata == {"chat": 1}
+
+
+async def test_event_gets_metadata_by_task_after_bind(store: Store) -> None:
+    await store.prepare_submission("r1", "flux-dev", {"chat": 2})
+    await store.bind_submission("r1", "t1", None)
+    await finish(store, "t1")
+    event = await store.get_event("t1")
+    assert event is not None
+    assert event.metadata == {"chat": 2}
+
+
+async def test_bind_after_webhook_copies_metadata(store: Store) -> None:
+    await finish(store, "t1")
+    await store.prepare_submission("r1", "flux-dev", {"chat": 3})
+    await store.bind_submission("r1", "t1", None)
+    event = await store.get_event("t1")
+    assert event is not None
+    assert event.metadata == {"chat": 3}
+
+
+async def test_unknown_task_has_empty_metadata(store: Store) -> None:
+    await finish(store, "t9")
+    event = await store.get_event("t9")
+    assert event is not None
+    assert event.metadata == {}
+
+
+async def test_active_counts_unfinished_recent_submissions(store: Store) -> None:
+    await store.prepare_submission("a", "flux-kontext-max", {})
+    await store.prepare_submission("b", "flux-kontext-max", {})
+    await store.prepare_submission("c", "flux-dev", {})
+    await store.bind_submission("a", "ta", None)
+    await store.bind_submission("b", "tb", None)
+    assert await store.active_submissions(within=3600) == 3
+    assert await store.active_submissions("flux-kontext-max", within=3600) == 2
+    await finish(store, "ta", "Ready")  # terminal (a sample-less Ready still ends the task)
+    assert await store.active_submissions("flux-kontext-max", within=3600) == 1
+    await finish(store, "tb", "Pending")  # not terminal
+    assert await store.active_submissions("flux-kontext-max", within=3600) == 1
+    await asyncio.sleep(0.05)
+    assert await store.active_submissions(within=0.01) == 0
+
+
+async def test_due_for_reconcile_and_backoff(store: Store) -> None:
+    await store.prepare_submission("a", "flux-dev", {})
+    await store.prepare_submission("b", "flux-dev", {})  # never bound: nothing to poll
+    await store.prepare_submission("c", "flux-dev", {})
+    await store.bind_submission("a", "ta", "u")
+    await store.bind_submission("c", "tc", "u")
+    await finish(store, "tc")  # already final
+    assert await store.due_for_reconcile(3600, 10) == []  # too young
+    await asyncio.sleep(0.05)
+    due = await store.due_for_reconcile(0.01, 10)
+    assert [s.ref for s in due] == ["a"]
+    await store.reconciled("a", 0.3)
+    assert await store.due_for_reconcile(0.01, 10) == []
+    await asyncio.sleep(0.4)
+    again = await store.due_for_reconcile(0.01, 10)
+    assert [(s.ref, s.polls) for s in again] == [("a", 1)]
+    await finish(store, "ta", "Ready")
+    assert await store.due_for_reconcile(0.01, 10) == []
