@@ -41,7 +41,7 @@ async def test_prepare_bind_get(store: Store) -> None:
 
 async def test_duplicate_reference_is_refused(store: Store) -> None:
     await store.prepare_submission("r1", "flux-dev", {})
-    with pytest.raises(Exception):  # noqa: B017, PT011 - each engine names its own error
+    with pytest.raises(Exception):  # noqa: PT011 - each engine names its own error
         await store.prepare_submission("r1", "flux-dev", {})
 
 
