@@ -25,7 +25,9 @@ lint: install
 	$(BIN)/mypy
 
 ## test: lint, then the whole suite against real servers on loopback
+##       (PostgreSQL is installed from Debian packages when missing; tests start their own)
 test: install lint
+	scripts/pg.sh >/dev/null
 	$(BIN)/python -m pytest
 
 format: install
@@ -34,6 +36,8 @@ format: install
 
 ## bench: every benchmark in bench/ (prints figures; not part of test)
 bench: install
+	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
+	scripts/pg.sh >/dev/null
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/burst.py
 
