@@ -17,7 +17,6 @@ The SQLite store's tables and state machine (see ``base.py``), made safe for man
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -31,7 +30,6 @@ from receiver.store.base import (
     EventRecord,
     ImageRecord,
     Job,
-    JobKind,
     JobRun,
     JobState,
     QueueCounts,
@@ -39,6 +37,7 @@ from receiver.store.base import (
     Store,
     Submission,
 )
+from receiver.store.postgres_rows import event_from, job_from, rowcount
 from receiver.store.postgres_schema import migrate
 from receiver.store.postgres_wake import Wakeups
 
@@ -144,7 +143,7 @@ class PostgresStore(Store):
             lease_seconds,
             limit,
         )
-        return sorted((_job(r) for r in rows), key=lambda j: (j.run_at, j.id))
+        return sorted((job_from(r) for r in rows), key=lambda j: (j.run_at, j.id))
 
     async def renew(self, jobs: Sequence[Job], lease_seconds: float) -> set[int]:
         if not jobs:
@@ -217,7 +216,7 @@ class PostgresStore(Store):
             include_done,
             task_id,
         )
-        replayed = _rowcount(status)
+        replayed = rowcount(status)
         if replayed:
             self._wake.announce()
         return replayed
@@ -227,7 +226,7 @@ class PostgresStore(Store):
 
     async def get_event(self, task_id: str) -> EventRecord | None:
         row = await self.pool.fetchrow("SELECT * FROM events WHERE task_id = $1", task_id)
-        return _event(row) if row is not None else None
+        return event_from(row) if row is not None else None
 
     async def list_events(
         self, *, status: Status | None = None, limit: int = 100
@@ -238,11 +237,11 @@ class PostgresStore(Store):
             status.value if status is not None else None,
             limit,
         )
-        return [_event(r) for r in rows]
+        return [event_from(r) for r in rows]
 
     async def jobs_for(self, task_id: str) -> list[Job]:
         rows = await self.pool.fetch("SELECT * FROM jobs WHERE task_id = $1 ORDER BY id", task_id)
-        return [_job(r) for r in rows]
+        return [job_from(r) for r in rows]
 
     async def runs_for(self, task_id: str) -> list[JobRun]:
         rows = await self.pool.fetch(
@@ -272,7 +271,7 @@ class PostgresStore(Store):
                     AND jobs.state IN ('queued', 'running'))""",
             older_than,
         )
-        return _rowcount(status)
+        return rowcount(status)
 
 
 async def _record(
@@ -380,46 +379,3 @@ async def _finish(
         outcome,
     )
     return bool(finished)
-
-
-def _rowcount(status: str) -> int:
-    """The row count at the end of a command tag such as ``UPDATE 3``."""
-    return int(status.rsplit(" ", 1)[-1])
-
-
-def _event(r: asyncpg.Record) -> EventRecord:
-    image = None
-    if r["image_location"] is not None:
-        image = ImageRecord(
-            r["image_location"], r["image_content_type"], r["image_size"], r["image_sha256"]
-        )
-    return EventRecord(
-        task_id=r["task_id"],
-        status=Status(r["status"]),
-        raw_status=r["raw_status"],
-        sample_url=r["sample_url"],
-        error=r["error"],
-        payload=json.loads(r["payload"]),
-        metadata=json.loads(r["metadata"]),
-        received_at=r["received_at"],
-        updated_at=r["updated_at"],
-        deliveries=r["deliveries"],
-        deadline=r["deadline"],
-        image=image,
-    )
-
-
-def _job(r: asyncpg.Record) -> Job:
-    return Job(
-        id=r["id"],
-        task_id=r["task_id"],
-        kind=JobKind(r["kind"]),
-        handler=r["handler"],
-        state=JobState(r["state"]),
-        attempts=r["attempts"],
-        lease=r["lease"],
-        last_error=r["last_error"],
-        run_at=r["run_at"],
-        created_at=r["created_at"],
-        updated_at=r["updated_at"],
-    )
