@@ -1,8 +1,5 @@
-"""One contract for every store engine: each test runs on SQLite and on a real PostgreSQL.
-
-The state machine is the one drawn in ``receiver/store/base.py``. Timing-dependent steps use
-short leases and delays (a fraction of a second) and poll for the outcome.
-"""
+"""One contract for every store engine (``receiver/store/base.py``), run on SQLite and on a real
+PostgreSQL. Timing-dependent steps use short leases and delays, and poll for the outcome."""
 
 from __future__ import annotations
 
@@ -16,7 +13,7 @@ import asyncpg
 import pytest
 
 from receiver.events import Status
-from receiver.payload import Notice, notice_from_payload
+from receiver.payload import Notice, notice_from_payload, parse_notice
 from receiver.store import EventRecord, ImageRecord, Job, JobKind, JobState, open_store
 from receiver.store.base import QueueCounts, RecordOutcome, Store
 from receiver.store.postgres_schema import MIGRATIONS
@@ -121,6 +118,12 @@ async def test_terminal_notice_without_sample_creates_handler_jobs_at_once(store
     assert jobs == [(JobKind.HANDLER, name, JobState.QUEUED) for name in HANDLERS]
 
 
+async def test_nul_characters_do_not_make_a_notice_unrecordable(store: Store) -> None:
+    body = b'{"id": "t1", "status": "Error", "error": "bad\\u0000news"}'
+    assert await store.record(parse_notice(body), deadline=None, handlers=[]) is NEW
+    assert (await event_of(store, "t1")).error in ("bad\x00news", "bad\ufffdnews")
+
+
 async def test_concurrent_deliveries_on_two_replicas_record_one_new(
     store: Store, other: Store
 ) -> None:
@@ -142,11 +145,9 @@ async def test_complete_download_keeps_image_and_creates_handler_jobs(store: Sto
     await record(store, "t1")
     job = await claim_one(store)
     assert (job.state, job.attempts) == (JobState.RUNNING, 1)
-    assert job.lease is not None
-    assert job.lease.startswith("w1/")
+    assert str(job.lease).startswith("w1/")
     assert await store.complete_download(job, IMAGE, HANDLERS)
-    event = await event_of(store, "t1")
-    assert event.image == IMAGE
+    assert (await event_of(store, "t1")).image == IMAGE
     download, *handlers = await store.jobs_for("t1")
     assert (download.state, download.lease) == (JobState.DONE, None)
     assert [(j.handler, j.state) for j in handlers] == [(h, JobState.QUEUED) for h in HANDLERS]
@@ -209,8 +210,7 @@ async def test_expired_lease_is_reaped_and_the_stale_holder_is_fenced(store: Sto
     assert not await store.bury(stale, "late")
     assert not await store.complete_download(stale, IMAGE, HANDLERS)
     assert await store.renew([stale], 30) == set()
-    event = await event_of(store, "t1")
-    assert event.image is None
+    assert (await event_of(store, "t1")).image is None
     assert [j.kind for j in await store.jobs_for("t1")] == [JobKind.DOWNLOAD]
     assert await store.complete(fresh)
     runs = [(r.attempt, r.outcome, r.error) for r in await store.runs_for("t1")]

@@ -283,10 +283,10 @@ async def _record(
 ) -> RecordOutcome:
     fields = (
         notice.status.value,
-        notice.raw_status,
-        notice.sample_url,
-        notice.error,
-        notice.raw,
+        _text(notice.raw_status),
+        _text(notice.sample_url),
+        _text(notice.error),
+        notice.raw,  # JSON text: a NUL in it is still the escape \u0000, which json accepts
         deadline,
     )
     for _ in range(3):
@@ -339,6 +339,12 @@ async def _record(
     else:
         await _add_handler_jobs(c, notice.task_id, handlers)
     return RecordOutcome.NEW
+
+
+def _text(value: str | None) -> str | None:
+    """PostgreSQL text cannot hold NUL (SQLite can): a NUL the sender decoded from ``\\u0000``
+    must not make a webhook unrecordable, so it becomes U+FFFD, the replacement character."""
+    return value.replace("\x00", "\ufffd") if value else value
 
 
 async def _add_handler_jobs(c: Connection, task_id: str, handlers: Sequence[str]) -> None:
