@@ -41,9 +41,13 @@ async def send_all(
     Returns the task ids that were acknowledged."""
     acked: set[str] = set()
     limit = asyncio.Semaphore(32)
+    killed = False
 
     async def one(client: httpx.AsyncClient, payload: dict[str, object]) -> None:
+        nonlocal killed
         async with limit:
+            if killed:
+                return  # nobody answers any more: BFL would try again later
             try:
                 resp = await client.post(
                     "/webhooks/bfl", json=payload, headers={"x-webhook-secret": SECRET}
@@ -54,8 +58,10 @@ async def send_all(
                 acked.add(str(payload["id"]))
                 if kill_after is not None and len(acked) == kill_after:
                     os.kill(proc.pid, signal.SIGKILL)
+                    killed = True
 
-    async with httpx.AsyncClient(base_url=url, timeout=10) as client:
+    # Requests in flight at the kill wait for this timeout (the listening socket lives on).
+    async with httpx.AsyncClient(base_url=url, timeout=3) as client:
         await asyncio.gather(*(one(client, p) for p in payloads))
     return acked
 
