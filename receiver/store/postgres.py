@@ -291,16 +291,19 @@ async def _record(
     )
     for _ in range(3):
         # The first delivery of a task is the common case: one statement, no lock taken.
+        # The submission's metadata (by reference, else by task id) goes in with the row.
         inserted = await c.fetchval(
             f"""INSERT INTO events (status, raw_status, sample_url, error, payload, deadline,
-                    task_id, received_at, updated_at)
-                VALUES ($1, $2, $3, $4, $5, $6, $7, {NOW}, {NOW})
+                    task_id, received_at, updated_at, metadata)
+                VALUES ($1, $2, $3, $4, $5, $6, $7, {NOW}, {NOW}, coalesce(
+                    (SELECT metadata FROM submissions WHERE ref = $8 OR task_id = $7
+                     ORDER BY ref = $8 DESC NULLS LAST LIMIT 1), '{{}}'))
                 ON CONFLICT (task_id) DO NOTHING RETURNING true""",
             *fields,
             notice.task_id,
+            ref,
         )
         if inserted:
-            await submissions.copy_metadata(c, notice.task_id, ref)
             break
         # Known task: lock its row so that concurrent deliveries (on any replica) decide in
         # turn, each seeing what the one before committed.

@@ -94,18 +94,6 @@ async def reconciled(pool: Pool, ref: str, next_in: float) -> None:
     )
 
 
-async def copy_metadata(c: Any, task_id: str, ref: str | None) -> None:
-    """Give a newly recorded event its submission's metadata (by reference, else task id)."""
-    await c.execute(
-        """UPDATE events SET metadata = s.metadata FROM (
-               SELECT metadata FROM submissions WHERE ref = $2 OR task_id = $1
-               ORDER BY (ref = $2) DESC NULLS LAST LIMIT 1) s
-           WHERE events.task_id = $1""",
-        task_id,
-        ref,
-    )
-
-
 def _submission(r: asyncpg.Record) -> Submission:
     return Submission(
         ref=r["ref"],
