@@ -20,7 +20,17 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import SECRET, listen, metric, peak_rss_mb, post_many, spawn, stop, url_of
+from bench.common import (
+    SECRET,
+    database,
+    listen,
+    metric,
+    peak_rss_mb,
+    post_many,
+    spawn,
+    stop,
+    url_of,
+)
 
 HERE = Path(__file__).resolve().parent
 #: Like BFL delivering many webhooks at once.
@@ -69,15 +79,22 @@ async def fetch_all(sample_base: str, count: int, concurrency: int) -> float:
 @click.option("--latency", default=0.2, show_default=True, help="Delivery latency, seconds.")
 @click.option("--workers", default=32, show_default=True, help="RECEIVER_WORKERS.")
 @click.option("--timeout", default=300, show_default=True, help="Give up after this long.")
-def main(count: int, latency: float, workers: int, timeout: float) -> None:
-    with tempfile.TemporaryDirectory() as tmp:
+@click.option(
+    "--database",
+    "engine",
+    type=click.Choice(["sqlite", "postgresql"]),
+    default="sqlite",
+    show_default=True,
+)
+def main(count: int, latency: float, workers: int, timeout: float, engine: str) -> None:
+    with tempfile.TemporaryDirectory() as tmp, database(engine, tmp) as database_url:
         delivery_sock = listen()
         delivery = spawn([str(HERE / "delivery.py"), "--latency", str(latency)], delivery_sock, {})
         sample_base = url_of(delivery_sock)
         receiver_sock = listen()
         env = {
             "RECEIVER_WEBHOOK_SECRET": SECRET,
-            "RECEIVER_DATABASE_URL": f"sqlite:///{tmp}/receiver.db",
+            "RECEIVER_DATABASE_URL": database_url,
             "RECEIVER_STORAGE_URL": f"file://{tmp}/samples",
             "RECEIVER_SAMPLE_HOSTS": sample_base.removeprefix("http://"),
             "RECEIVER_HANDLERS": "bench.handler:check",
@@ -116,7 +133,7 @@ def main(count: int, latency: float, workers: int, timeout: float) -> None:
             delivery_sock.close()
     mb = stored / count / 1e6
     print(f"webhooks               {count}, {mb:.2f} MB samples after {latency * 1000:.0f} ms")
-    print(f"receiver workers       {workers}")
+    print(f"receiver workers       {workers}, store {engine}")
     print(f"all acknowledged in    {acked:6.2f} s")
     print(f"all stored + handled   {total:6.2f} s   (target <= 60 s)")
     print(f"floor: bare fetches    {floor:6.2f} s   (same samples, same concurrency, no disk)")

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import httpx
 
@@ -114,3 +115,23 @@ async def post_many(
 
     await asyncio.gather(*(connection() for _ in range(connections)))
     return statuses
+
+
+@contextlib.contextmanager
+def database(engine: str, tmp: str) -> Iterator[str]:
+    """``RECEIVER_DATABASE_URL`` for ``sqlite`` (a file in ``tmp``) or ``postgresql`` (a
+    throwaway cluster on loopback, fsync on, as the tests start it)."""
+    if engine == "sqlite":
+        yield f"sqlite:///{tmp}/receiver.db"
+        return
+    from tests.pg import PostgresCluster, find_bindir  # noqa: PLC0415 - PostgreSQL runs only
+
+    bindir = find_bindir()
+    if bindir is None:
+        raise RuntimeError("PostgreSQL is not installed: run scripts/pg.sh")
+    cluster = PostgresCluster(bindir)
+    cluster.start()
+    try:
+        yield cluster.create_database("bench")
+    finally:
+        cluster.stop()

@@ -2,7 +2,8 @@
 
 Both run as one uvicorn process each (served the same way, through ``--fd``), loaded by wrk
 (Debian's package) with 32 connections and the same payload shape, one after the other in the
-same run. The receiver records every webhook durably (SQLite WAL, synchronous=FULL) and creates
+same run. The receiver records every webhook durably (SQLite: WAL with synchronous=FULL;
+PostgreSQL: a throwaway local cluster with fsync on) and creates
 its download job before answering. By default it runs with ``--no-worker`` (ingest only: jobs
 are someone else's CPU); ``--with-worker`` adds a third run where its own worker claims and buries
 every job (the sample host is off the allowlist), to show what that costs on the same cores.
@@ -24,7 +25,7 @@ import click
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import SECRET, listen, spawn, stop, url_of
+from bench.common import SECRET, database, listen, spawn, stop, url_of
 
 HERE = Path(__file__).resolve().parent
 
@@ -80,7 +81,16 @@ def server_stack() -> str:
 @click.option("--seconds", default=10, show_default=True, help="Duration of each wrk run.")
 @click.option("--connections", default=32, show_default=True)
 @click.option("--with-worker", is_flag=True, help="Also measure with the worker running.")
-def main(seconds: int, connections: int, with_worker: bool) -> None:
+@click.option(
+    "--database",
+    "engines",
+    type=click.Choice(["sqlite", "postgresql"]),
+    multiple=True,
+    default=["sqlite"],
+    show_default=True,
+    help="Store(s) to measure; repeat to compare both in one run.",
+)
+def main(seconds: int, connections: int, with_worker: bool, engines: tuple[str, ...]) -> None:
     if shutil.which("wrk") is None:
         raise click.ClickException("wrk is not installed: apt-get install wrk")
     with tempfile.TemporaryDirectory() as tmp:
@@ -92,26 +102,27 @@ def main(seconds: int, connections: int, with_worker: bool) -> None:
         finally:
             stop(base)
             sock.close()
-
-        env = {
-            "RECEIVER_WEBHOOK_SECRET": SECRET,
-            "RECEIVER_DATABASE_URL": f"sqlite:///{tmp}/receiver.db",
-            "RECEIVER_STORAGE_URL": f"file://{tmp}/samples",
-            "RECEIVER_LOG_LEVEL": "error",
-            # Off the allowlist: each download job is claimed and buried at once, never fetched.
-            "RECEIVER_SAMPLE_HOSTS": "samples.invalid",
-        }
-        rps, p99 = measure_receiver(["--no-worker"], env, seconds, connections, "recv")
-        if with_worker:
-            w_rps, w_p99 = measure_receiver([], env, seconds, connections, "work")
-    print(f"connections            {connections}, {seconds} s per run, SQLite synchronous=FULL")
-    print(f"bare Starlette         {base_rps:9.0f} webhooks/s   p99 {base_p99:6.2f} ms")
-    print(f"server                 {server_stack()}")
-    print(f"receiver (durable)     {rps:9.0f} webhooks/s   p99 {p99:6.2f} ms")
-    if with_worker:
-        print(f"  with its worker      {w_rps:9.0f} webhooks/s   p99 {w_p99:6.2f} ms")
-    print(f"ratio                  {rps / base_rps:9.2f}   (target >= 0.6)")
-    print(f"p99 ack latency        {p99:9.2f} ms (target <= 25 ms)")
+        print(f"connections            {connections}, {seconds} s per run")
+        print(f"server                 {server_stack()}")
+        print(f"bare Starlette         {base_rps:9.0f} webhooks/s   p99 {base_p99:6.2f} ms")
+        for engine in engines:
+            with database(engine, tmp) as url:
+                env = {
+                    "RECEIVER_WEBHOOK_SECRET": SECRET,
+                    "RECEIVER_DATABASE_URL": url,
+                    "RECEIVER_STORAGE_URL": f"file://{tmp}/samples",
+                    "RECEIVER_LOG_LEVEL": "error",
+                    # Off the allowlist: each download job is buried at once, never fetched.
+                    "RECEIVER_SAMPLE_HOSTS": "samples.invalid",
+                }
+                rps, p99 = measure_receiver(["--no-worker"], env, seconds, connections, engine)
+                print(
+                    f"receiver on {engine:10} {rps:9.0f} webhooks/s   p99 {p99:6.2f} ms"
+                    f"   ratio {rps / base_rps:4.2f} (target >= 0.6; p99 <= 25 ms)"
+                )
+                if with_worker:
+                    rps, p99 = measure_receiver([], env, seconds, connections, engine + "-w")
+                    print(f"  with its worker      {rps:9.0f} webhooks/s   p99 {p99:6.2f} ms")
 
 
 if __name__ == "__main__":

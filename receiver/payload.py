@@ -53,12 +53,15 @@ def parse_status(raw: object) -> Status:
 def parse_notice(body: bytes) -> Notice:
     """Decode and normalise ``body``; raise PayloadError when it cannot be used at all."""
     try:
-        payload = json.loads(body)
+        # UTF-8 only (RFC 8259): json.loads would also take UTF-16/32, which we could not keep
+        # verbatim as text.
+        text = body.decode()
+        payload = json.loads(text)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise PayloadError(f"body is not JSON: {exc}") from None
+        raise PayloadError(f"body is not UTF-8 JSON: {exc}") from None
     if not isinstance(payload, dict):
         raise PayloadError("body is not a JSON object")
-    return notice_from_payload(payload, raw=body.decode())
+    return notice_from_payload(payload, raw=text)
 
 
 def notice_from_payload(payload: dict[str, Any], *, raw: str | None = None) -> Notice:

@@ -208,6 +208,7 @@ def test_rotated_secrets_and_hmac_signature_are_accepted(tmp_path: Path) -> None
         b'{"id": "\\u0000evil", "status": "Ready"}',
         json.dumps({"id": "x" * 500, "status": "Ready"}).encode(),
         b"\xff\xfe\x00garbage",
+        '{"id": "utf16", "status": "Ready"}'.encode("utf-16"),
     ],
 )
 def test_malformed_body_is_400_and_nothing_recorded(tmp_path: Path, body: bytes) -> None:
