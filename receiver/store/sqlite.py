@@ -412,11 +412,16 @@ def _record(
         notice.raw,
         deadline,
     )
+    # The metadata comes from the submission, found by the webhook's reference or else by
+    # task id, in the same statement: one statement per new webhook.
     inserted = c.execute(
         """INSERT INTO events (status, raw_status, sample_url, error, payload, deadline,
-               task_id, received_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+               task_id, received_at, updated_at, metadata)
+           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, coalesce(
+               (SELECT metadata FROM submissions WHERE ref = ? OR task_id = ?
+                ORDER BY ref = ? DESC LIMIT 1), '{}'))
            ON CONFLICT (task_id) DO NOTHING""",
-        (*fields, notice.task_id, now, now),
+        (*fields, notice.task_id, now, now, ref, notice.task_id, ref),
     ).rowcount
     if not inserted:
         known = Status(
@@ -437,13 +442,6 @@ def _record(
                    payload = ?, deadline = ?, deliveries = deliveries + 1, updated_at = ?
                WHERE task_id = ?""",
             (*fields, now, notice.task_id),
-        )
-    if inserted:
-        c.execute(
-            """UPDATE events SET metadata = coalesce((SELECT metadata FROM submissions
-                   WHERE ref = ? OR task_id = ? ORDER BY ref = ? DESC LIMIT 1), '{}')
-               WHERE task_id = ?""",
-            (ref, notice.task_id, ref, notice.task_id),
         )
     if not notice.status.terminal:
         return RecordOutcome.PROGRESS
