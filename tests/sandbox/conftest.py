@@ -93,25 +93,39 @@ class Call:
 
 
 class Sink:
-    """A receiver stand-in: records webhooks; fails the first ``fail_first`` with 500."""
+    """A receiver stand-in, shared by a module: each test takes its own hook path."""
 
     def __init__(self) -> None:
-        self.calls: list[Call] = []
-        self.fail_first = 0
-        self.lock = threading.Lock()
+        self.url = ""
+        self._calls: dict[str, list[Call]] = {}
+        self._fail_first: dict[str, int] = {}
+        self._lock = threading.Lock()
         self.app = Starlette(
             routes=[
-                Route("/hook", self._hook, methods=["POST"]),
+                Route("/hook/{name}", self._hook, methods=["POST"]),
                 Route("/image.png", self._image),
                 Route("/redirect", self._redirect),
             ]
         )
 
+    def hook(self, name: str, fail_first: int = 0) -> str:
+        """A fresh webhook URL that answers 500 to its first ``fail_first`` calls."""
+        with self._lock:
+            self._calls[name] = []
+            self._fail_first[name] = fail_first
+        return f"{self.url}/hook/{name}"
+
+    def calls(self, name: str) -> list[Call]:
+        with self._lock:
+            return list(self._calls.get(name, []))
+
     async def _hook(self, request: Request) -> Response:
+        name = request.path_params["name"]
         body = await request.body()
-        with self.lock:
-            self.calls.append(Call(dict(request.headers), body, time.monotonic()))
-            failing = len(self.calls) <= self.fail_first
+        with self._lock:
+            calls = self._calls.setdefault(name, [])
+            calls.append(Call(dict(request.headers), body, time.monotonic()))
+            failing = len(calls) <= self._fail_first.get(name, 0)
         return Response(status_code=500 if failing else 200)
 
     async def _image(self, request: Request) -> Response:
@@ -121,9 +135,10 @@ class Sink:
         return Response(status_code=302, headers={"location": "http://example.com/x.png"})
 
 
-@pytest.fixture
-def sink() -> Iterator[tuple[Sink, str]]:
-    """A webhook sink on loopback: ``(sink, base_url)``."""
+@pytest.fixture(scope="module")
+def sink() -> Iterator[Sink]:
+    """A webhook sink (and image server) on loopback."""
     s = Sink()
     with serve(s.app) as url:
-        yield s, url
+        s.url = url
+        yield s

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image, ImageStat
 
 from sandbox.endpoints import ENDPOINTS
-from tests.sandbox.conftest import KEY, StartSandbox, b64, open_image, png
+from tests.sandbox.conftest import KEY, Sink, StartSandbox, b64, open_image, png
 from tests.servers import wait_until
 
 IMAGE = b64(png())
@@ -167,10 +167,9 @@ def test_fill_repaints_only_the_transparent_part(sandbox: str, client: httpx.Cli
 
 
 def test_input_image_url_on_the_allowlist_is_fetched(
-    sandbox: str, client: httpx.Client, sink: tuple[Any, str]
+    sandbox: str, client: httpx.Client, sink: Sink
 ) -> None:
-    _, sink_url = sink
-    body = {"prompt": "from a URL", "input_image": f"{sink_url}/image.png"}
+    body = {"prompt": "from a URL", "input_image": f"{sink.url}/image.png"}
     result = generate(client, sandbox, "flux-2-pro", **body)
     assert open_image(download(client, result).content).size == (80, 60)
 
@@ -225,10 +224,10 @@ def test_public_url_is_the_base_of_polling_and_delivery_urls(
 
 
 def test_webhook_submit_response_shape_is_available(
-    start_sandbox: StartSandbox, client: httpx.Client, sink: tuple[Any, str]
+    start_sandbox: StartSandbox, client: httpx.Client, sink: Sink
 ) -> None:
     base = start_sandbox(submit_response="webhook")
-    hook = f"{sink[1]}/hook"
+    hook = sink.hook("submit-response")
     body = client.post(f"{base}/v1/flux-dev", json={"webhook_url": hook}, headers=KEY).json()
     assert body["webhook_url"] == hook
     assert body["status"] == "Pending"

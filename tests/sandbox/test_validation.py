@@ -7,7 +7,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.sandbox.conftest import KEY, StartSandbox, b64, png
+from tests.sandbox.conftest import KEY, Sink, StartSandbox, b64, png
 
 
 def post(client: httpx.Client, url: str, **kwargs: Any) -> httpx.Response:
@@ -102,9 +102,9 @@ def test_unusable_input_image_is_422(
 
 
 def test_input_image_url_redirect_is_not_followed(
-    sandbox: str, client: httpx.Client, sink: tuple[Any, str]
+    sandbox: str, client: httpx.Client, sink: Sink
 ) -> None:
-    body = {"prompt": "edit", "input_image": f"{sink[1]}/redirect"}
+    body = {"prompt": "edit", "input_image": f"{sink.url}/redirect"}
     errors = detail(post(client, f"{sandbox}/v1/flux-kontext-pro", json=body))
     assert "302" in errors[0]["msg"]
 
