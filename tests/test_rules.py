@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from receiver import Event, Settings, Status, on
@@ -177,3 +179,17 @@ def test_settings_split_comma_lists(monkeypatch: pytest.MonkeyPatch) -> None:
     assert [s.get_secret_value() for s in settings.webhook_secret] == ["s-one", "s-two", "s-three"]
     assert settings.sample_hosts == ("x.example", "127.0.0.1:9")
     assert "s-one" not in repr(settings)  # secrets stay out of reprs and logs
+
+
+def test_handlers_load_from_entry_points(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An installed package's ``bfl_hooks.handlers`` entry point is enough to be run."""
+    dist = tmp_path / "myhooks-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: myhooks\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text(
+        "[bfl_hooks.handlers]\nsample = tests.test_rules:sample_handler\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    handlers = load_handlers([])
+    assert handlers.names_for(Status.ERROR) == ["tests.test_rules:sample_handler"]
+    assert load_handlers([], use_entry_points=False).names_for(Status.ERROR) == []
