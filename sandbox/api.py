@@ -12,12 +12,20 @@ import uuid
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 
 from sandbox import models as m
 from sandbox.endpoints import ENDPOINTS, Endpoint, SizeError, output_size
 from sandbox.faults import HEADER, FaultError, Faults, faults_in, parse_faults
-from sandbox.http import ApiError, api_key, query, read_json, unprocessable, validate
+from sandbox.http import (
+    ApiError,
+    AsciiJSONResponse,
+    api_key,
+    query,
+    read_json,
+    unprocessable,
+    validate,
+)
 from sandbox.images import Mode, RenderSpec
 from sandbox.inputs import InputError, SourceImage, allowed_url, load_image
 from sandbox.results import polling_url, result_body
@@ -108,7 +116,7 @@ async def submit(request: Request, region: str) -> Response:
     body["cost"] = endpoint.cost
     body["input_mp"] = round(sum(i.size[0] * i.size[1] for i in images.values()) / 1e6, 2)
     body["output_mp"] = round(spec.size[0] * spec.size[1] / 1e6, 2)
-    return JSONResponse(body)
+    return AsciiJSONResponse(body)
 
 
 def base_url_of(request: Request, runtime: Runtime) -> str:
@@ -190,11 +198,13 @@ async def get_result(request: Request, region: str) -> Response:
     if task is not None:
         task.polls += 1
         if task.polls <= task.faults.count("get-result-5xx", runtime.settings.fault_failures):
-            return JSONResponse({"detail": "sandbox fault: get-result-5xx"}, status_code=503)
-    return JSONResponse(result_body(runtime, task_id, task, time.time()))
+            return AsciiJSONResponse({"detail": "sandbox fault: get-result-5xx"}, status_code=503)
+    return AsciiJSONResponse(result_body(runtime, task_id, task, time.time()))
 
 
 async def credits(request: Request, region: str) -> Response:
     """GET /v1/credits: the key's balance."""
     runtime = runtime_of(request)
-    return JSONResponse({"credits": runtime.accounts.balance(api_key(request, runtime.settings))})
+    return AsciiJSONResponse(
+        {"credits": runtime.accounts.balance(api_key(request, runtime.settings))}
+    )

@@ -17,12 +17,12 @@ import httpx
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from sandbox import api, finetune
 from sandbox.delivery import serve_sample
-from sandbox.http import ApiError
+from sandbox.http import ApiError, AsciiJSONResponse
 from sandbox.runtime import Runtime
 from sandbox.settings import SandboxSettings
 
@@ -54,18 +54,20 @@ def routes() -> list[BaseRoute]:
 
 
 async def _healthz(request: Request) -> Response:
-    return JSONResponse({"status": "ok"})
+    return AsciiJSONResponse({"status": "ok"})
 
 
 async def _api_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ApiError)
-    return JSONResponse({"detail": exc.detail}, status_code=exc.status)
+    return AsciiJSONResponse({"detail": exc.detail}, status_code=exc.status)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
     # Starlette's own 404 and 405, as JSON like everything else here.
     assert isinstance(exc, HTTPException)
-    return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+    return AsciiJSONResponse(
+        {"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers
+    )
 
 
 def create_app(settings: SandboxSettings) -> Starlette:

@@ -90,7 +90,8 @@ async def serve_sample(request: Request) -> Response:
     task = runtime.tasks.get(request.path_params["task_id"])
     if task is None or task.render is None or sample_path(task) != request.url.path:
         return _azure_error(404, "BlobNotFound", "The specified blob does not exist.")
-    if task.status(time.time())[0] is not Status.READY:
+    # Not task.status(): under early-webhook the blob exists while get_result cannot see it.
+    if task.outcome is not Status.READY or time.time() < task.done_at:
         return _azure_error(404, "BlobNotFound", "The specified blob does not exist.")
     settings = runtime.settings
     await asyncio.sleep(task.faults.seconds("slow-delivery", settings.fault_delay_seconds))

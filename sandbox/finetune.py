@@ -12,11 +12,19 @@ import time
 import uuid
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 
 from sandbox.api import base_url_of, charge, check_webhook, task_faults
 from sandbox.endpoints import FINETUNE_COST
-from sandbox.http import ApiError, api_key, query, read_json, unprocessable, validate
+from sandbox.http import (
+    ApiError,
+    AsciiJSONResponse,
+    api_key,
+    query,
+    read_json,
+    unprocessable,
+    validate,
+)
 from sandbox.inputs import InputError, read_training_zip
 from sandbox.models import DeleteFinetuneInputs, FinetuneInputs
 from sandbox.results import polling_url
@@ -83,7 +91,7 @@ async def create_finetune(request: Request, region: str) -> Response:
     runtime.finetunes.add(finetune)
     if task.webhook_url is not None:
         runtime.spawn(notify(runtime, task))
-    return JSONResponse(
+    return AsciiJSONResponse(
         {"id": finetune_id, "finetune_id": finetune_id, "polling_url": polling_url(task)}
     )
 
@@ -102,14 +110,14 @@ async def finetune_details(request: Request, region: str) -> Response:
     api_key(request, runtime_of(request).settings)
     finetune_id = query(request, "finetune_id")
     finetune = _find(request, region, finetune_id, ["query", "finetune_id"])
-    return JSONResponse({"finetune_details": finetune.details(time.time())})
+    return AsciiJSONResponse({"finetune_details": finetune.details(time.time())})
 
 
 async def my_finetunes(request: Request, region: str) -> Response:
     """GET /v1/my_finetunes: the key's finetune ids in this region (none off eu1/us1)."""
     runtime = runtime_of(request)
     key = api_key(request, runtime.settings)
-    return JSONResponse({"finetunes": runtime.finetunes.mine(key, region)})
+    return AsciiJSONResponse({"finetunes": runtime.finetunes.mine(key, region)})
 
 
 async def delete_finetune(request: Request, region: str) -> Response:
@@ -120,7 +128,7 @@ async def delete_finetune(request: Request, region: str) -> Response:
     inputs = validate(DeleteFinetuneInputs, body)
     finetune = _find(request, region, inputs.finetune_id, ["body", "finetune_id"])
     runtime.finetunes.delete(finetune)
-    return JSONResponse(
+    return AsciiJSONResponse(
         {
             "status": "success",
             "message": f"Finetune {finetune.id} deleted",

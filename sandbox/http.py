@@ -11,6 +11,7 @@ from typing import Any, NoReturn, TypeVar
 
 from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
+from starlette.responses import JSONResponse
 
 from sandbox.settings import SandboxSettings
 
@@ -18,6 +19,13 @@ M = TypeVar("M", bound=BaseModel)
 
 #: Like FastAPI's APIKeyHeader (what BFL's generated spec describes): no key is a 403.
 NO_KEY = "Not authenticated"
+
+
+class AsciiJSONResponse(JSONResponse):
+    """JSON escaped to ASCII: a prompt may hold a lone surrogate, which UTF-8 cannot encode."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, separators=(",", ":")).encode("ascii")
 
 
 class ApiError(Exception):

@@ -66,7 +66,9 @@ def encode(image: Image.Image, output_format: str) -> bytes:
 
 def _scene(prompt: str, seed: int, size: tuple[int, int]) -> Image.Image:
     # Reproducible pictures, not secrets: a seeded PRNG is the point.
-    rng = random.Random(hashlib.sha256(f"{seed}\x00{prompt}".encode()).digest())  # noqa: S311
+    # surrogatepass: JSON may carry a lone surrogate ("\ud800"), which is still a distinct prompt.
+    key = f"{seed}\x00{prompt}".encode("utf-8", "surrogatepass")
+    rng = random.Random(hashlib.sha256(key).digest())  # noqa: S311
     width, height = size
 
     def color() -> tuple[int, int, int]:
@@ -127,7 +129,8 @@ def _caption(image: Image.Image, spec: RenderSpec) -> None:
     size = max(10, min(width, height) // 24)
     font = _font(size)
     chars = max(8, int(width / (size * 0.6)))
-    lines = textwrap.wrap(spec.prompt, chars)[:3] or ["(no prompt)"]
+    printable = spec.prompt[:1000].encode("utf-8", "replace").decode()
+    lines = textwrap.wrap(printable, chars)[:3] or ["(no prompt)"]
     lines.append(f"seed {spec.seed} · bfl sandbox")
     draw = ImageDraw.Draw(image, "RGBA")
     top = height - (len(lines) * size * 1.25 + size)

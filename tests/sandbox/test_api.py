@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from io import BytesIO
 from typing import Any
@@ -258,3 +259,11 @@ def test_unknown_endpoint_is_404(sandbox: str, client: httpx.Client) -> None:
     response = client.post(f"{sandbox}/v1/flux-ultra-mega", json={}, headers=KEY)
     assert response.status_code == 404
     assert response.json() == {"detail": "Not Found"}
+
+
+@pytest.mark.parametrize("prompt", ["\ud800 a lone surrogate", "😀 中文 עברית \x00", "x" * 100_000])
+def test_any_prompt_renders(sandbox: str, client: httpx.Client, prompt: str) -> None:
+    body = json.dumps({"prompt": prompt, "width": 256, "height": 256})  # ASCII: \ud800 escaped
+    submitted = client.post(f"{sandbox}/v1/flux-dev", content=body, headers=KEY).json()
+    result = ready(client, submitted["polling_url"])
+    assert open_image(download(client, result).content).size == (256, 256)

@@ -157,8 +157,10 @@ def test_early_webhook_comes_before_get_result_can_see_the_task(
 ) -> None:
     submitted = submit(client, sandbox, sink.hook("early"), fault="early-webhook=1.0")
     wait_until(lambda: sink.calls("early"))
-    assert bodies(sink, "early")[0]["status"] == "Ready"
+    webhook = bodies(sink, "early")[0]
+    assert webhook["status"] == "Ready"
     assert client.get(submitted["polling_url"]).json()["status"] == "Task not found"
+    assert client.get(webhook["result"]["sample"]).status_code == 200  # the blob is there
     wait_until(lambda: client.get(submitted["polling_url"]).json()["status"] == "Ready")
 
 
