@@ -37,9 +37,10 @@ from receiver.store.base import (
     Store,
     Submission,
 )
-from receiver.store.postgres_rows import event_from, job_from, rowcount
+from receiver.store.postgres_rows import rowcount
 from receiver.store.postgres_schema import migrate
 from receiver.store.postgres_wake import Wakeups
+from receiver.store.rows import event_from, job_from, run_from
 
 if TYPE_CHECKING:
     from receiver.store.postgres_schema import Connection
@@ -249,10 +250,7 @@ class PostgresStore(Store):
                WHERE j.task_id = $1 ORDER BY r.finished_at, r.job_id""",
             task_id,
         )
-        return [
-            JobRun(r["job_id"], r["attempt"], r["outcome"], r["error"], r["finished_at"])
-            for r in rows
-        ]
+        return [run_from(r) for r in rows]
 
     async def counts(self) -> QueueCounts:
         rows = await self.pool.fetch("SELECT state, count(*) AS n FROM jobs GROUP BY state")

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 import asyncpg
 
 from receiver.store.base import TERMINAL_STATUSES, Submission
+from receiver.store.rows import submission_from
 
 #: The database's clock, as epoch seconds (as in postgres.py).
 NOW = "date_part('epoch', now())"
@@ -55,7 +56,7 @@ async def get(pool: Pool, ref: str | None, task_id: str | None) -> Submission | 
         row = await pool.fetchrow("SELECT * FROM submissions WHERE ref = $1", ref)
     else:
         row = await pool.fetchrow("SELECT * FROM submissions WHERE task_id = $1", task_id)
-    return _submission(row) if row is not None else None
+    return submission_from(row) if row is not None else None
 
 
 async def active(pool: Pool, endpoint: str | None, within: float) -> int:
@@ -82,7 +83,7 @@ async def due(pool: Pool, older_than: float, limit: int) -> list[Submission]:
         older_than,
         limit,
     )
-    return [_submission(r) for r in rows]
+    return [submission_from(r) for r in rows]
 
 
 async def reconciled(pool: Pool, ref: str, next_in: float) -> None:
@@ -91,17 +92,4 @@ async def reconciled(pool: Pool, ref: str, next_in: float) -> None:
             WHERE ref = $1""",
         ref,
         next_in,
-    )
-
-
-def _submission(r: asyncpg.Record) -> Submission:
-    return Submission(
-        ref=r["ref"],
-        endpoint=r["endpoint"],
-        metadata=json.loads(r["metadata"]),
-        submitted_at=r["submitted_at"],
-        task_id=r["task_id"],
-        polling_url=r["polling_url"],
-        polls=r["polls"],
-        next_poll_at=r["next_poll_at"],
     )

@@ -19,7 +19,6 @@ from receiver.store.base import (
     EventRecord,
     ImageRecord,
     Job,
-    JobKind,
     JobRun,
     JobState,
     QueueCounts,
@@ -27,6 +26,7 @@ from receiver.store.base import (
     Store,
     Submission,
 )
+from receiver.store.rows import event_from, job_from, run_from, submission_from
 from receiver.store.sqlite_db import SQLiteThread
 
 _TERMINAL = ",".join("?" * len(TERMINAL_STATUSES))
@@ -174,7 +174,7 @@ class SQLiteStore(Store):
                 f"SELECT * FROM submissions WHERE {column} = ?", (value,)
             ).fetchone()
         )
-        return _submission(row) if row is not None else None
+        return submission_from(row) if row is not None else None
 
     async def active_submissions(self, endpoint: str | None = None, *, within: float) -> int:
         def count(c: sqlite3.Connection) -> int:
@@ -201,7 +201,7 @@ class SQLiteStore(Store):
                 (now - older_than, now, *TERMINAL_STATUSES, limit),
             ).fetchall()
 
-        return [_submission(r) for r in await self._db.run(due)]
+        return [submission_from(r) for r in await self._db.run(due)]
 
     async def reconciled(self, ref: str, next_in: float) -> None:
         at = time.time() + next_in
@@ -225,7 +225,7 @@ class SQLiteStore(Store):
                    RETURNING *""",
                 (lease, now + lease_seconds, now, now, limit),
             ).fetchall()
-            return sorted((_job(r) for r in rows), key=lambda j: j.run_at)
+            return sorted((job_from(r) for r in rows), key=lambda j: j.run_at)
 
         return await self._db.run(claim)
 
@@ -326,7 +326,7 @@ class SQLiteStore(Store):
         row = await self._db.run(
             lambda c: c.execute("SELECT * FROM events WHERE task_id = ?", (task_id,)).fetchone()
         )
-        return _event(row) if row is not None else None
+        return event_from(row) if row is not None else None
 
     async def list_events(
         self, *, status: Status | None = None, limit: int = 100
@@ -339,7 +339,7 @@ class SQLiteStore(Store):
                 sql + " ORDER BY received_at DESC, task_id LIMIT ?", (*params, limit)
             ).fetchall()
 
-        return [_event(r) for r in await self._db.run(query)]
+        return [event_from(r) for r in await self._db.run(query)]
 
     async def jobs_for(self, task_id: str) -> list[Job]:
         rows = await self._db.run(
@@ -347,7 +347,7 @@ class SQLiteStore(Store):
                 "SELECT * FROM jobs WHERE task_id = ? ORDER BY id", (task_id,)
             ).fetchall()
         )
-        return [_job(r) for r in rows]
+        return [job_from(r) for r in rows]
 
     async def runs_for(self, task_id: str) -> list[JobRun]:
         rows = await self._db.run(
@@ -357,10 +357,7 @@ class SQLiteStore(Store):
                 (task_id,),
             ).fetchall()
         )
-        return [
-            JobRun(r["job_id"], r["attempt"], r["outcome"], r["error"], r["finished_at"])
-            for r in rows
-        ]
+        return [run_from(r) for r in rows]
 
     async def counts(self) -> QueueCounts:
         rows = await self._db.run(
@@ -489,54 +486,3 @@ def _finish(
         "INSERT INTO job_runs VALUES (?, ?, ?, ?, ?)", (job.id, job.attempts, outcome, error, now)
     )
     return True
-
-
-def _submission(r: sqlite3.Row) -> Submission:
-    return Submission(
-        ref=r["ref"],
-        endpoint=r["endpoint"],
-        metadata=json.loads(r["metadata"]),
-        submitted_at=r["submitted_at"],
-        task_id=r["task_id"],
-        polling_url=r["polling_url"],
-        polls=r["polls"],
-        next_poll_at=r["next_poll_at"],
-    )
-
-
-def _event(r: sqlite3.Row) -> EventRecord:
-    image = None
-    if r["image_location"] is not None:
-        image = ImageRecord(
-            r["image_location"], r["image_content_type"], r["image_size"], r["image_sha256"]
-        )
-    return EventRecord(
-        task_id=r["task_id"],
-        status=Status(r["status"]),
-        raw_status=r["raw_status"],
-        sample_url=r["sample_url"],
-        error=r["error"],
-        payload=json.loads(r["payload"]),
-        metadata=json.loads(r["metadata"]),
-        received_at=r["received_at"],
-        updated_at=r["updated_at"],
-        deliveries=r["deliveries"],
-        deadline=r["deadline"],
-        image=image,
-    )
-
-
-def _job(r: sqlite3.Row) -> Job:
-    return Job(
-        id=r["id"],
-        task_id=r["task_id"],
-        kind=JobKind(r["kind"]),
-        handler=r["handler"],
-        state=JobState(r["state"]),
-        attempts=r["attempts"],
-        lease=r["lease"],
-        last_error=r["last_error"],
-        run_at=r["run_at"],
-        created_at=r["created_at"],
-        updated_at=r["updated_at"],
-    )
