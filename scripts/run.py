@@ -56,6 +56,9 @@ def start_sandbox() -> subprocess.Popen[bytes]:
             "--port",
             str(SANDBOX_PORT),
         ],
+        # Polling and delivery URLs on this exact host, however a client addressed the
+        # sandbox (localhost or 127.0.0.1): it is the one host the receiver allowlists.
+        env={**os.environ, "SANDBOX_PUBLIC_URL": SANDBOX_URL},
     )
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
