@@ -1,0 +1,136 @@
+"""Submitter settings: one object, read from the environment or ``.env`` at the edge.
+
+The names are the ones the receiver and ``make run`` use, so one ``.env`` serves both.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+Region = Literal["global", "eu", "us"]
+LegacyRegion = Literal["eu1", "us1"]
+
+#: BFL's hosts. Generation runs anywhere; finetunes live only on the legacy regional hosts.
+REGION_URLS: dict[str, str] = {
+    "global": "https://api.bfl.ai",
+    "eu": "https://api.eu.bfl.ai",
+    "us": "https://api.us.bfl.ai",
+}
+LEGACY_URLS: dict[str, str] = {"eu1": "https://api.eu1.bfl.ai", "us1": "https://api.us1.bfl.ai"}
+LEGACY_REGIONS: tuple[str, ...] = ("eu1", "us1")
+
+#: Where ``bfl-sandbox serve`` (and ``make run`` without a key) listens.
+SANDBOX_URL = "http://127.0.0.1:8001"
+SANDBOX_KEY = "sandbox"  # the sandbox takes any key; this one is not a secret
+
+
+class Settings(BaseSettings):
+    """Everything the submitter reads from the environment; tests build one directly."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env", extra="ignore", frozen=True, populate_by_name=True
+    )
+
+    api_key: SecretStr | None = Field(default=None, validation_alias="BFL_API_KEY")
+    """BFL's ``x-key``. Unset (and no ``BFL_API_URL``): the local sandbox is used."""
+
+    api_url: str | None = Field(default=None, validation_alias="BFL_API_URL")
+    """An explicit base URL (a proxy, the sandbox); overrides ``BFL_REGION``."""
+
+    region: Region = Field(default="global", validation_alias="BFL_REGION")
+    """``global`` (api.bfl.ai), ``eu`` or ``us``."""
+
+    public_url: str = Field(default="http://127.0.0.1:8000", validation_alias="RECEIVER_PUBLIC_URL")
+    """Where BFL reaches the receiver; webhooks go to ``<this>/webhooks/bfl``."""
+
+    webhook_secret: Annotated[tuple[SecretStr, ...], NoDecode] = Field(
+        default=(), validation_alias="RECEIVER_WEBHOOK_SECRET"
+    )
+    """The receiver's secrets; the first is the master. Unset: no webhooks, polling only."""
+
+    database_url: str = Field(
+        default="sqlite:///./data/receiver.db", validation_alias="RECEIVER_DATABASE_URL"
+    )
+    """The receiver's store, where submissions are recorded for the handlers."""
+
+    data_dir: Path = Field(default=Path("data"), validation_alias="BFL_SUBMIT_DATA_DIR")
+    """Where the submitter keeps its own small files (which region each finetune lives in)."""
+
+    @field_validator("webhook_secret", mode="before")
+    @classmethod
+    def _split_secrets(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("api_url", "public_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http(s) URL")
+        return value
+
+
+@dataclass(frozen=True)
+class Connection:
+    """Where requests go and with which key, resolved once from settings and arguments."""
+
+    base_url: str
+    """Generation, get_result fallback and credits."""
+    legacy_urls: dict[str, str]
+    """``eu1`` / ``us1``: finetuning and finetuned inference."""
+    api_key: SecretStr
+    sandbox: bool
+    """True when nothing was configured and the local sandbox is assumed."""
+
+
+def resolve_connection(
+    settings: Settings,
+    *,
+    api_key: str | None = None,
+    region: Region | None = None,
+    base_url: str | None = None,
+) -> Connection:
+    """The connection that arguments (first) and settings describe.
+
+    An explicit base URL serves the legacy regions under ``/eu1`` and ``/us1``, as the sandbox
+    does; BFL's own hosts are used otherwise.
+    """
+    key = SecretStr(api_key) if api_key is not None else settings.api_key
+    url = base_url or settings.api_url
+    if key is None and url is None:
+        return Connection(
+            SANDBOX_URL,
+            {r: f"{SANDBOX_URL}/{r}" for r in LEGACY_REGIONS},
+            SecretStr(SANDBOX_KEY),
+            sandbox=True,
+        )
+    if url is not None:
+        url = url.rstrip("/")
+        legacy = {r: f"{url}/{r}" for r in LEGACY_REGIONS}
+    else:
+        url = REGION_URLS[region or settings.region]
+        legacy = dict(LEGACY_URLS)
+    # An explicit URL without a key: a sandbox or a proxy that adds the key itself.
+    return Connection(url, legacy, key or SecretStr(SANDBOX_KEY), sandbox=False)
+
+
+@dataclass(frozen=True)
+class Webhook:
+    """How submissions ask for a webhook: the receiver's URL and the master secret."""
+
+    url: str
+    """``RECEIVER_PUBLIC_URL`` + ``/webhooks/bfl``."""
+    master: SecretStr
+
+
+def resolve_webhook(settings: Settings) -> Webhook | None:
+    """The webhook to request, or None (polling only) when no secret is configured."""
+    if not settings.webhook_secret:
+        return None
+    return Webhook(settings.public_url.rstrip("/") + "/webhooks/bfl", settings.webhook_secret[0])
