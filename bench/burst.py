@@ -13,6 +13,7 @@ import json
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import click
@@ -74,23 +75,20 @@ async def fetch_all(sample_base: str, count: int, concurrency: int) -> float:
     return time.perf_counter() - started
 
 
-@click.command()
-@click.option("--count", default=1000, show_default=True)
-@click.option("--latency", default=0.2, show_default=True, help="Delivery latency, seconds.")
-@click.option("--workers", default=32, show_default=True, help="RECEIVER_WORKERS.")
-@click.option("--timeout", default=300, show_default=True, help="Give up after this long.")
-@click.option(
-    "--database",
-    "engine",
-    type=click.Choice(["sqlite", "postgresql"]),
-    default="sqlite",
-    show_default=True,
-)
-def main(count: int, latency: float, workers: int, timeout: float, engine: str) -> None:
+@dataclass
+class Figures:
+    acked: float
+    total: float
+    rss: float
+    stored: float
+    dead: float
+    files: int
+    left: str
+
+
+def run_burst(engine: str, sample_base: str, count: int, workers: int, timeout: float) -> Figures:
+    """One receiver on ``engine``: post the burst, wait until every handler ran."""
     with tempfile.TemporaryDirectory() as tmp, database(engine, tmp) as database_url:
-        delivery_sock = listen()
-        delivery = spawn([str(HERE / "delivery.py"), "--latency", str(latency)], delivery_sock, {})
-        sample_base = url_of(delivery_sock)
         receiver_sock = listen()
         env = {
             "RECEIVER_WEBHOOK_SECRET": SECRET,
@@ -104,43 +102,71 @@ def main(count: int, latency: float, workers: int, timeout: float, engine: str) 
         receiver = spawn(["-m", "receiver.cli", "serve"], receiver_sock, env)
         base = url_of(receiver_sock)
         try:
-            floor = asyncio.run(fetch_all(sample_base, count, workers))
             started = time.perf_counter()
-            acked = asyncio.run(post_all(base, sample_base, count, "burst"))
+            acked = asyncio.run(post_all(base, sample_base, count, engine))
             deadline = started + timeout
-            while True:
-                handled = metric(
+            while (
+                handled := metric(
                     base,
                     "bfl_hooks_handler_runs_total",
                     handler="bench.handler:check",
                     outcome="ok",
                 )
-                if handled >= count:
-                    break
+            ) < count:
                 if time.perf_counter() > deadline:
                     raise click.ClickException(f"only {handled:.0f}/{count} handled in {timeout}s")
                 time.sleep(0.1)
-            total = time.perf_counter() - started
-            rss = peak_rss_mb(receiver.pid)
-            stored = metric(base, "bfl_hooks_download_bytes_total")
-            dead = metric(base, "bfl_hooks_dead_jobs")
-            left = _histogram_min_bucket(base)
-            files = sum(1 for p in Path(tmp, "samples").rglob("*.jpg"))
+            return Figures(
+                acked=acked,
+                total=time.perf_counter() - started,
+                rss=peak_rss_mb(receiver.pid),
+                stored=metric(base, "bfl_hooks_download_bytes_total"),
+                dead=metric(base, "bfl_hooks_dead_jobs"),
+                files=sum(1 for p in Path(tmp, "samples").rglob("*.jpg")),
+                left=_histogram_min_bucket(base),
+            )
         finally:
             stop(receiver)
-            stop(delivery)
             receiver_sock.close()
-            delivery_sock.close()
-    mb = stored / count / 1e6
-    print(f"webhooks               {count}, {mb:.2f} MB samples after {latency * 1000:.0f} ms")
-    print(f"receiver workers       {workers}, store {engine}")
-    print(f"all acknowledged in    {acked:6.2f} s")
-    print(f"all stored + handled   {total:6.2f} s   (target <= 60 s)")
-    print(f"floor: bare fetches    {floor:6.2f} s   (same samples, same concurrency, no disk)")
-    print(f"ratio to the floor     {total / floor:6.2f}")
-    print(f"files stored           {files}, dead jobs {dead:.0f}")
-    print(f"least URL time left    {left}")
-    print(f"receiver peak RSS      {rss:6.1f} MB (target <= 250 MB)")
+
+
+@click.command()
+@click.option("--count", default=1000, show_default=True)
+@click.option("--latency", default=0.2, show_default=True, help="Delivery latency, seconds.")
+@click.option("--workers", default=32, show_default=True, help="RECEIVER_WORKERS.")
+@click.option("--timeout", default=300, show_default=True, help="Give up after this long.")
+@click.option(
+    "--database",
+    "engines",
+    type=click.Choice(["sqlite", "postgresql"]),
+    multiple=True,
+    default=["sqlite"],
+    show_default=True,
+    help="Store(s) to measure; repeat to compare both in one run.",
+)
+def main(
+    count: int, latency: float, workers: int, timeout: float, engines: tuple[str, ...]
+) -> None:
+    delivery_sock = listen()
+    delivery = spawn([str(HERE / "delivery.py"), "--latency", str(latency)], delivery_sock, {})
+    sample_base = url_of(delivery_sock)
+    try:
+        floor = asyncio.run(fetch_all(sample_base, count, workers))
+        print(f"webhooks               {count}, ~1 MB samples after {latency * 1000:.0f} ms")
+        print(f"receiver workers       {workers}")
+        print(f"floor: bare fetches    {floor:6.2f} s   (same samples, same concurrency, no disk)")
+        for engine in engines:
+            f = run_burst(engine, sample_base, count, workers, timeout)
+            print(f"--- store {engine}: {f.stored / count / 1e6:.2f} MB per sample")
+            print(f"all acknowledged in    {f.acked:6.2f} s")
+            print(f"all stored + handled   {f.total:6.2f} s   (target <= 60 s)")
+            print(f"ratio to the floor     {f.total / floor:6.2f}")
+            print(f"files stored           {f.files}, dead jobs {f.dead:.0f}")
+            print(f"least URL time left    {f.left}")
+            print(f"receiver peak RSS      {f.rss:6.1f} MB (target <= 250 MB)")
+    finally:
+        stop(delivery)
+        delivery_sock.close()
 
 
 def _histogram_min_bucket(base: str) -> str:
