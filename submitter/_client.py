@@ -98,7 +98,9 @@ class BFL:
         self._store = store
         self._own_store = False
         self._transport = transport
-        self._policy = retry or RetryPolicy()
+        self._policy = retry or RetryPolicy(
+            attempts=self.settings.retry_attempts, timeout=self.settings.retry_timeout
+        )
         self._max_slot_wait = max_slot_wait
         self._client: httpx.AsyncClient | None = None
         self._api: Api | None = None

@@ -61,6 +61,12 @@ class Settings(BaseSettings):
     data_dir: Path = Field(default=Path("data"), validation_alias="BFL_SUBMIT_DATA_DIR")
     """Where the submitter keeps its own small files (which region each finetune lives in)."""
 
+    retry_attempts: int = Field(default=6, ge=1, le=100, validation_alias="BFL_RETRY_ATTEMPTS")
+    """Tries per request, where a retry is safe (see ``submitter._http``)."""
+
+    retry_timeout: float = Field(default=120.0, gt=0, validation_alias="BFL_RETRY_TIMEOUT")
+    """Seconds one request may spend retrying, waits included."""
+
     @field_validator("webhook_secret", mode="before")
     @classmethod
     def _split_secrets(cls, value: object) -> object:

@@ -1,0 +1,328 @@
+"""``bfl-submit batch FILE.jsonl``: many submissions, resumable.
+
+Each line is a JSON object: the request's fields, plus ``model`` (else ``--model``),
+``metadata`` (an object) and ``image`` (a file path, relative to FILE, to edit)::
+
+    {"prompt": "a red fox", "width": 1024, "height": 768, "metadata": {"order": 17}}
+    {"model": "flux-kontext-pro", "image": "in/cat.png", "prompt": "make it snow"}
+
+What happened to each line is appended to ``FILE.jsonl.state`` (keyed by the line's hash and
+occurrence), flushed before the next step: ``sending`` before the POST, then ``submitted``,
+``failed`` (certainly not submitted) or ``uncertain`` (BFL may have the task: a 5xx or a broken
+connection after sending). A rerun skips submitted lines, retries failed ones, and leaves
+uncertain ones alone unless ``--retry-uncertain`` (a second submit would be charged twice).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import secrets
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+from rich.table import Table
+
+from submitter._cli_support import (
+    EXIT_CREDITS,
+    EXIT_NETWORK,
+    EXIT_OK,
+    EXIT_OTHER,
+    EXIT_RATE_LIMITED,
+    EXIT_VALIDATION,
+    client,
+    emit,
+    err,
+    exit_code,
+    json_option,
+    load_settings,
+    run,
+)
+from submitter._client import BFL, certainly_refused
+from submitter._endpoints import IMAGE_FIELDS
+from submitter._errors import AuthError, BFLError, OutOfCredits, ValidationError
+from submitter._images import encode_image
+
+#: When several kinds of failure happened, the exit code names the most actionable.
+PRECEDENCE = (
+    EXIT_CREDITS,
+    EXIT_OTHER,
+    EXIT_NETWORK,
+    EXIT_RATE_LIMITED,
+    EXIT_VALIDATION,
+)
+
+
+@dataclass
+class Line:
+    number: int
+    key: str
+    data: dict[str, Any] | None
+    problem: str | None = None
+
+
+@dataclass
+class Outcomes:
+    submitted: list[dict[str, Any]] = field(default_factory=list)
+    skipped: list[int] = field(default_factory=list)
+    failed: list[dict[str, Any]] = field(default_factory=list)
+    uncertain: list[dict[str, Any]] = field(default_factory=list)
+    not_attempted: list[int] = field(default_factory=list)
+
+    def exit_code(self) -> int:
+        codes = {f["exit_code"] for f in self.failed}
+        if self.uncertain:
+            codes.add(EXIT_NETWORK)
+        for code in PRECEDENCE:
+            if code in codes:
+                return code
+        return EXIT_OTHER if codes or self.not_attempted else EXIT_OK
+
+
+def read_lines(path: Path) -> list[Line]:
+    """Every non-blank line, parsed; a line that is not a JSON object carries its problem."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise click.BadParameter(f"{path}: not UTF-8 text", param_hint="FILE") from None
+    lines: list[Line] = []
+    seen: Counter[str] = Counter()
+    for number, raw in enumerate(text.splitlines(), start=1):
+        stripped = raw.strip()
+        if not stripped:
+            continue
+        digest = hashlib.sha256(stripped.encode()).hexdigest()[:32]
+        seen[digest] += 1  # identical lines are distinct submissions
+        key = f"{digest}:{seen[digest]}"
+        try:
+            data = json.loads(stripped)
+        except ValueError as exc:
+            lines.append(Line(number, key, None, f"not JSON: {exc}"))
+            continue
+        if not isinstance(data, dict):
+            lines.append(Line(number, key, None, "not a JSON object"))
+            continue
+        lines.append(Line(number, key, data))
+    return lines
+
+
+class StateFile:
+    """Append-only JSONL; the last record of a key is its state."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def load(self) -> dict[str, dict[str, Any]]:
+        states: dict[str, dict[str, Any]] = {}
+        try:
+            text = self.path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return states
+        for raw in text.splitlines():
+            try:
+                record = json.loads(raw)
+            except ValueError:
+                continue  # a line torn by a crash mid-write: the line before it still holds
+            if isinstance(record, dict) and isinstance(record.get("key"), str):
+                states[record["key"]] = record
+        return states
+
+    def append(self, record: dict[str, Any]) -> None:
+        with self.path.open("a", encoding="utf-8") as out:
+            out.write(json.dumps({**record, "at": round(time.time(), 3)}) + "\n")
+            out.flush()
+            os.fsync(out.fileno())  # the next step (a POST that costs credits) waits for this
+
+
+async def _body(line: Line, base: Path, default_model: str) -> tuple[str, dict[str, Any], Any]:
+    data = dict(line.data or {})
+    model = data.pop("model", default_model)
+    metadata = data.pop("metadata", None)
+    image = data.pop("image", None)
+    if not isinstance(model, str):
+        raise ValidationError.one(("model",), "must be a string")
+    if metadata is not None and not isinstance(metadata, dict):
+        raise ValidationError.one(("metadata",), "must be a JSON object")
+    if image is not None:
+        if not isinstance(image, str):
+            raise ValidationError.one(("image",), "must be a file path")
+        data["input_image"] = await encode_image(base / image, "input_image")
+    for name in sorted(IMAGE_FIELDS & data.keys() - {"input_image"}):
+        if not isinstance(data[name], str | None):
+            raise ValidationError.one(("body", name), "must be base64 or a URL")
+    return model, data, metadata
+
+
+async def _resolve_sending(
+    bfl: BFL, record: dict[str, Any], retry_uncertain: bool
+) -> dict[str, Any] | None:
+    """A line left ``sending`` by a crash: the store may know whether BFL took it.
+
+    Returns the record to append (submitted or uncertain), or None to submit it again.
+    """
+    ref = record.get("ref")
+    if bfl.store is not None and isinstance(ref, str):
+        sub = await bfl.store.get_submission(ref=ref)
+        if sub is None:
+            return None  # refused and forgotten, or never recorded: nothing was submitted
+        if sub.task_id is not None:
+            task = {"id": sub.task_id, "endpoint": sub.endpoint, "polling_url": sub.polling_url}
+            return {**record, "state": "submitted", "task": task}
+    if retry_uncertain:
+        return None
+    return {**record, "state": "uncertain", "error": "interrupted while sending"}
+
+
+async def run_batch(
+    bfl: BFL,
+    path: Path,
+    *,
+    concurrency: int,
+    model: str,
+    retry_uncertain: bool,
+    progress: Progress | None,
+) -> Outcomes:
+    """Submit every line of ``path`` not already submitted; what happened to each."""
+    lines = read_lines(path)
+    state = StateFile(path.with_name(path.name + ".state"))
+    previous = state.load()
+    outcomes = Outcomes()
+    todo: list[Line] = []
+    for line in lines:
+        record = previous.get(line.key)
+        status = record.get("state") if record else None
+        if status == "sending" and record is not None:
+            resolved = await _resolve_sending(bfl, record, retry_uncertain)
+            if resolved is not None:
+                state.append(resolved)
+                status = resolved["state"]
+        if status == "submitted" or (status == "uncertain" and not retry_uncertain):
+            if status == "uncertain":
+                outcomes.uncertain.append({"line": line.number, "error": "uncertain before"})
+            else:
+                outcomes.skipped.append(line.number)
+            continue
+        todo.append(line)
+    task_id = progress.add_task("submitting", total=len(todo)) if progress else None
+    limit = asyncio.Semaphore(concurrency)
+    stop: list[str] = []
+
+    async def one(line: Line) -> None:
+        async with limit:
+            if stop:
+                outcomes.not_attempted.append(line.number)
+                return
+            ref = secrets.token_urlsafe(16)
+            base = {"key": line.key, "line": line.number, "ref": ref}
+            try:
+                if line.problem is not None:
+                    raise ValidationError.one(("line", line.number), line.problem)
+                endpoint, body, metadata = await _body(line, path.parent, model)
+                state.append({**base, "state": "sending"})
+                task = await bfl.submit(endpoint, body, metadata=metadata, ref=ref)
+            except BFLError as exc:
+                failure = {"line": line.number, "error": str(exc), "exit_code": exit_code(exc)}
+                if certainly_refused(exc):
+                    state.append({**base, "state": "failed", **failure})
+                    outcomes.failed.append(failure)
+                else:
+                    state.append({**base, "state": "uncertain", **failure})
+                    outcomes.uncertain.append(failure)
+                if isinstance(exc, OutOfCredits | AuthError):
+                    stop.append(str(exc))  # every other line would be refused the same way
+            else:
+                state.append({**base, "state": "submitted", "task": task.as_dict()})
+                outcomes.submitted.append({"line": line.number, "task_id": task.id})
+            finally:
+                if progress is not None and task_id is not None:
+                    progress.advance(task_id)
+
+    await asyncio.gather(*(one(line) for line in todo))
+    for group in (outcomes.submitted, outcomes.failed, outcomes.uncertain):
+        group.sort(key=lambda item: int(item["line"]))
+    outcomes.not_attempted.sort()
+    return outcomes
+
+
+def _table(outcomes: Outcomes) -> Table:
+    table = Table(title="batch")
+    table.add_column("outcome")
+    table.add_column("lines", justify="right")
+    table.add_column("detail")
+    rows: list[tuple[str, int, str]] = [
+        ("submitted", len(outcomes.submitted), ""),
+        ("already submitted", len(outcomes.skipped), "skipped"),
+        ("failed", len(outcomes.failed), _first(outcomes.failed)),
+        ("uncertain", len(outcomes.uncertain), _first(outcomes.uncertain)),
+        ("not attempted", len(outcomes.not_attempted), "rerun once the cause is fixed"),
+    ]
+    for name, count, detail in rows:
+        if count or name == "submitted":
+            table.add_row(name, str(count), detail)
+    return table
+
+
+def _first(items: list[dict[str, Any]]) -> str:
+    if not items:
+        return ""
+    more = f" (+{len(items) - 1} more)" if len(items) > 1 else ""
+    return f"line {items[0]['line']}: {items[0]['error']}"[:160] + more
+
+
+@click.command()
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--concurrency",
+    type=click.IntRange(1, 64),
+    default=4,
+    show_default=True,
+    help="Submissions in flight at once (BFL's active-task limits are kept regardless).",
+)
+@click.option("--model", default="flux-dev", show_default=True, help="For lines naming none.")
+@click.option(
+    "--retry-uncertain",
+    is_flag=True,
+    help="Also resubmit lines BFL may already have (after a 5xx or a crash): may charge twice.",
+)
+@json_option
+def batch(file: Path, concurrency: int, model: str, retry_uncertain: bool, as_json: bool) -> None:
+    """Submit every line of FILE (JSONL); rerun it to resume where it stopped."""
+    settings = load_settings()
+
+    async def work() -> Outcomes:
+        async with client(settings) as bfl:
+            columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
+            with Progress(*columns, console=err, transient=as_json) as progress:
+                return await run_batch(
+                    bfl,
+                    file,
+                    concurrency=concurrency,
+                    model=model,
+                    retry_uncertain=retry_uncertain,
+                    progress=progress,
+                )
+
+    outcomes = run(work, as_json)
+    code = outcomes.exit_code()
+    if as_json:
+        emit(
+            {
+                "file": str(file),
+                "submitted": outcomes.submitted,
+                "skipped": outcomes.skipped,
+                "failed": outcomes.failed,
+                "uncertain": outcomes.uncertain,
+                "not_attempted": outcomes.not_attempted,
+                "exit_code": code,
+            }
+        )
+    else:
+        err.print(_table(outcomes))
+    raise SystemExit(code)
