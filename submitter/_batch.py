@@ -135,10 +135,21 @@ class StateFile:
         return states
 
     def append(self, record: dict[str, Any]) -> None:
+        line = json.dumps({**record, "at": round(time.time(), 3)}) + "\n"
+        if self._torn():
+            line = "\n" + line  # end the torn line, or this record would be glued to it
         with self.path.open("a", encoding="utf-8") as out:
-            out.write(json.dumps({**record, "at": round(time.time(), 3)}) + "\n")
+            out.write(line)
             out.flush()
             os.fsync(out.fileno())  # the next step (a POST that costs credits) waits for this
+
+    def _torn(self) -> bool:
+        try:
+            with self.path.open("rb") as existing:
+                existing.seek(-1, os.SEEK_END)
+                return existing.read(1) != b"\n"
+        except (FileNotFoundError, OSError):
+            return False  # missing or empty
 
 
 async def _body(line: Line, base: Path, default_model: str) -> tuple[str, dict[str, Any], Any]:
