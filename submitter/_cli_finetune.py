@@ -57,6 +57,13 @@ def finetune() -> None:
     help="Any other field of the finetune request.",
 )
 @click.option("--wait", is_flag=True, help="Poll until training ends.")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=1),
+    default=6 * 3600.0,
+    show_default=True,
+    help="With --wait: give up after this many seconds (exit 8).",
+)
 @json_option
 def create(
     *,
@@ -73,6 +80,7 @@ def create(
     region: str | None,
     params: dict[str, Any],
     wait: bool,
+    timeout: float,
     as_json: bool,
 ) -> None:
     """Train a finetune on SOURCE: a folder of 1-20 images (jpg, jpeg, png, webp; captions in
@@ -104,7 +112,7 @@ def create(
             result = None
             if wait:
                 with err.status(f"training {escape(task.id)}"):
-                    result = await bfl.wait(task, interval=2.0, timeout=None)
+                    result = await bfl.wait(task, interval=2.0, timeout=timeout)
                 if not result.ok:
                     raise TaskFailed(f"finetune {task.id} ended {result.status.value}", result)
         if as_json:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 import sys
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, NoReturn, TypeVar
@@ -133,6 +134,8 @@ def run(work: Callable[[], Awaitable[T]], as_json: bool) -> T:
         fail(exc, as_json)
     except OSError as exc:  # the store or a file could not be opened or written
         fail(OSError(f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": ")), as_json)
+    except sqlite3.Error as exc:  # the store's file is not a usable database
+        fail(RuntimeError(f"the store cannot be used: {exc}"), as_json)
 
 
 async def _call(work: Callable[[], Awaitable[T]]) -> T:

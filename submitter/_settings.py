@@ -74,6 +74,13 @@ class Settings(BaseSettings):
             return tuple(part.strip() for part in value.split(",") if part.strip())
         return value
 
+    @field_validator("database_url")
+    @classmethod
+    def _store_url(cls, value: str) -> str:
+        if not value.startswith(("sqlite:///", "postgresql://", "postgres://")):
+            raise ValueError("must be sqlite:///PATH or postgresql://...")
+        return value
+
     @field_validator("api_url", "public_url")
     @classmethod
     def _http_url(cls, value: str | None) -> str | None:

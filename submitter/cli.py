@@ -99,11 +99,17 @@ def _submit_options(fn: F) -> F:
     return _waiting(json_option(fn))
 
 
+#: Given as arguments or options of their own, never through --param.
+RESERVED = frozenset({"prompt", "model", "metadata", "references", "image"})
+
+
 def _body(params: dict[str, Any], **named: Any) -> dict[str, Any]:
     body = {k: v for k, v in named.items() if v is not None}
-    clash = sorted(set(body) & set(params))
+    clash = sorted((set(body) | RESERVED) & set(params))
     if clash:
-        raise click.UsageError(f"--param {clash[0]} repeats an option given by name")
+        raise click.BadParameter(
+            f"{clash[0]} has an argument or option of its own", param_hint="--param"
+        )
     return {**body, **params}
 
 

@@ -267,3 +267,18 @@ async def test_webhook_fields_carry_a_per_task_or_the_shared_secret(
         assert body["webhook_secret"] == "master-secret"
     assert body["prompt"] == "hooked"
     assert "metadata" not in body  # it stays with us, in the store
+
+
+async def test_hostile_finetune_sources_and_misuse(tmp_path: Path) -> None:
+    bfl = submitter.BFL(settings=offline(tmp_path, "http://127.0.0.1:9"))
+    with pytest.raises(RuntimeError, match="async with"):
+        await bfl.credits()
+    async with bfl:
+        with pytest.raises(submitter.ValidationError, match="not a ZIP"):
+            await bfl.finetunes.create(b"not a zip", mode="style")
+        with pytest.raises(submitter.ValidationError, match="no such file"):
+            await bfl.finetunes.create(tmp_path / "missing", mode="style")
+        with pytest.raises(submitter.ValidationError, match="mode"):
+            await bfl.finetunes.create(tmp_path, mode="everything")
+        with pytest.raises(submitter.ValidationError, match="eu1 or us1"):
+            await bfl.finetunes.create(tmp_path, mode="style", region="ap1")

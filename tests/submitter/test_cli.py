@@ -185,13 +185,23 @@ def test_hostile_arguments_are_usage_errors(world: World, tmp_path: Path) -> Non
         ["generate", "x", "--width", "wide"],
         ["generate", "x", "--width", "512", "--param", "width=512"],
         ["generate", "x", "--format", "gif"],
+        ["generate", "x", "--param", "prompt=other"],
+        ["generate", "x", "--param", "metadata={}"],
+        ["edit", "ok.png", "x", "--param", "model=flux-dev"],
         ["generate", "x", "--image-file", "image=missing.png"],
         ["generate", "x", "--image-file", "nofield"],
         ["edit", "missing.png", "x"],
         ["edit", ".", "x"],
         ["edit", "ok.png", "x", "--reference", "missing.png"],
         ["status"],
+        ["status", "t", "--region", "mars"],
+        ["credits", "extra"],
         ["batch", "missing.jsonl"],
+        ["batch", "ok.png", "--concurrency", "0"],
+        ["finetune", "list", "--region", "mars"],
+        ["finetune", "details"],
+        ["finetune", "delete"],
+        ["finetune", "create", "ok.png"],  # --mode is required
         ["finetune", "create", "missing-folder", "--mode", "style"],
         ["finetune", "create", ".", "--mode", "everything"],
         ["nonsense"],
@@ -215,3 +225,16 @@ def test_hostile_files_are_validation_errors(world: World, tmp_path: Path) -> No
     out = cli(env, "edit", "notes.txt", "x", "--model", "flux-dev")
     assert out.exit_code == 3
     assert "does not edit" in out.stderr
+
+
+def test_an_unusable_store_is_reported_not_a_traceback(world: World, tmp_path: Path) -> None:
+    out = cli(world.env(tmp_path, RECEIVER_DATABASE_URL="mysql://db/x"), "generate", "x")
+    assert out.exit_code == 2
+    assert "RECEIVER_DATABASE_URL" in out.output
+    Path("not-a-db").write_bytes(b"this is not SQLite" * 100)
+    out = cli(world.env(tmp_path, RECEIVER_DATABASE_URL="sqlite:///not-a-db"), "generate", "x")
+    assert out.exit_code == 1, out.output
+    assert "store" in out.stderr
+    Path("a-dir").mkdir()
+    out = cli(world.env(tmp_path, RECEIVER_DATABASE_URL="sqlite:///a-dir"), "generate", "x")
+    assert out.exit_code == 1, out.output
