@@ -150,6 +150,7 @@ class BFL:
 
     @property
     def api(self) -> Api:
+        """The low-level JSON calls (``get``/``post`` with the key on API hosts only)."""
         if self._api is None:
             raise RuntimeError("use the client inside 'async with BFL(...) as bfl:'")
         return self._api

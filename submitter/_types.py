@@ -101,6 +101,7 @@ class Result:
 
     @property
     def ok(self) -> bool:
+        """The task is Ready (its image is at ``sample``)."""
         return self.status is Status.READY
 
     def raise_for_status(self) -> Result:
