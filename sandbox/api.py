@@ -14,7 +14,6 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from sandbox import models as m
 from sandbox.endpoints import ENDPOINTS, Endpoint, SizeError, output_size
 from sandbox.faults import HEADER, FaultError, Faults, faults_in, parse_faults
 from sandbox.http import (
@@ -32,6 +31,7 @@ from sandbox.results import polling_url, result_body
 from sandbox.runtime import Runtime, runtime_of
 from sandbox.tasks import Finetune, Status, Task, outcome_of
 from sandbox.webhooks import notify
+from submitter import models as m
 
 #: The global and multi-cluster hosts route a task to a cluster; polling_url names it.
 CLUSTERS = ("eu", "us")

@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
-from sandbox import models as m
+from submitter import models as m
 
 SizeRule = Literal["wh", "kontext", "ultra", "flux2", "fill", "expand", "control"]
 

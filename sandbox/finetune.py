@@ -26,11 +26,11 @@ from sandbox.http import (
     validate,
 )
 from sandbox.inputs import InputError, read_training_zip
-from sandbox.models import DeleteFinetuneInputs, FinetuneInputs
 from sandbox.results import polling_url
 from sandbox.runtime import runtime_of
 from sandbox.tasks import Finetune, Task, outcome_of
 from sandbox.webhooks import notify
+from submitter.models import DeleteFinetuneInputs, FinetuneInputs
 
 LEGACY_REGIONS = ("eu1", "us1")
 #: The docs: "0.00001 if finetune_type is full, 0.0001 if lora".

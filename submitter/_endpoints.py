@@ -1,7 +1,8 @@
 """Every BFL submit endpoint, its request model, and validation before anything is sent.
 
-The request models are the sandbox's (``sandbox/models.py``), written from the official
-OpenAPI spec and the docs; one source of truth keeps client and sandbox from drifting apart.
+The request models (``submitter/models.py``) are written from the official OpenAPI spec and the
+docs; the sandbox validates with the same ones, so client and sandbox cannot drift apart, and the
+sandbox's schemathesis run against BFL's own spec checks them both.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import Any
 
 import pydantic
 
-from sandbox import models as m
+from submitter import models as m
 from submitter._errors import ValidationError
 
 #: ``POST /v1/<name>`` → the model of its JSON body.

@@ -10,13 +10,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sandbox.models import FinetuneInputs
 from submitter._api import Api
 from submitter._endpoints import validate_with
 from submitter._errors import APIStatusError, ValidationError
 from submitter._settings import LEGACY_REGIONS
 from submitter._training import RegionBook, check_zip, training_zip
 from submitter._types import Task
+from submitter.models import FinetuneInputs
 
 FINETUNE = "finetune"
 #: Where a finetune is trained when no region is asked for (the docs' examples use us1).
