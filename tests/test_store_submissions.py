@@ -7,6 +7,7 @@ import asyncio
 import pytest
 
 from receiver.payload import notice_from_payload
+from receiver.store import base, postgres_submissions, sqlite
 from receiver.store.base import RecordOutcome, Store
 
 pytestmark = pytest.mark.anyio
@@ -118,3 +119,17 @@ async def test_due_for_reconcile_and_backoff(store: Store) -> None:
     assert [(s.ref, s.polls) for s in again] == [("a", 1)]
     await finish(store, "ta", "Ready")
     assert await store.due_for_reconcile(0.01, 10) == []
+
+
+async def test_unbound_submissions_stop_counting_sooner(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await store.prepare_submission("bound", "flux-dev", {})
+    await store.bind_submission("bound", "t1", None)
+    await store.prepare_submission("unbound", "flux-dev", {})
+    assert await store.active_submissions(within=3600) == 2
+    await asyncio.sleep(0.05)
+    monkeypatch.setattr(base, "UNBOUND_ACTIVE_SECONDS", 0.01)
+    monkeypatch.setattr(sqlite, "UNBOUND_ACTIVE_SECONDS", 0.01)
+    monkeypatch.setattr(postgres_submissions, "UNBOUND_ACTIVE_SECONDS", 0.01)
+    assert await store.active_submissions(within=3600) == 1

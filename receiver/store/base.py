@@ -128,6 +128,10 @@ class Submission:
     next_poll_at: float | None
 
 
+#: A submission prepared but never bound (its POST failed in a way that may or may not have
+#: reached BFL) counts as active this long, not the whole ``within`` window.
+UNBOUND_ACTIVE_SECONDS = 600.0
+
 #: Statuses after which a task changes no more (stored as ``Status`` values).
 TERMINAL_STATUSES = tuple(s.value for s in Status if s.terminal)
 
@@ -192,8 +196,9 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def active_submissions(self, endpoint: str | None = None, *, within: float) -> int:
-        """Submissions made in the last ``within`` seconds (prepared or bound) whose task has no
-        terminal event yet: what counts against BFL's concurrency limits."""
+        """Submissions made in the last ``within`` seconds whose task has no terminal event
+        yet (prepared-only ones for UNBOUND_ACTIVE_SECONDS at most): what counts against BFL's
+        concurrency limits."""
 
     @abc.abstractmethod
     async def due_for_reconcile(self, older_than: float, limit: int) -> list[Submission]:

@@ -16,6 +16,7 @@ from receiver.events import Status
 from receiver.payload import Notice
 from receiver.store.base import (
     TERMINAL_STATUSES,
+    UNBOUND_ACTIVE_SECONDS,
     EventRecord,
     ImageRecord,
     Job,
@@ -179,9 +180,15 @@ class SQLiteStore(Store):
     async def active_submissions(self, endpoint: str | None = None, *, within: float) -> int:
         def count(c: sqlite3.Connection) -> int:
             sql = f"""SELECT count(*) FROM submissions s WHERE s.submitted_at > ?
+                      AND (s.task_id IS NOT NULL OR s.submitted_at > ?)
                       AND NOT EXISTS (SELECT 1 FROM events e WHERE e.task_id = s.task_id
                                       AND e.status IN ({_TERMINAL}))"""
-            params: list[object] = [time.time() - within, *TERMINAL_STATUSES]
+            now = time.time()
+            params: list[object] = [
+                now - within,
+                now - UNBOUND_ACTIVE_SECONDS,
+                *TERMINAL_STATUSES,
+            ]
             if endpoint is not None:
                 sql += " AND s.endpoint = ?"
                 params.append(endpoint)
