@@ -38,8 +38,9 @@ format: install
 bench: install
 	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
 	scripts/pg.sh >/dev/null
-	$(BIN)/python bench/ingest.py
-	$(BIN)/python bench/burst.py
+	$(BIN)/python bench/ingest.py --database sqlite --database postgresql
+	$(BIN)/python bench/burst.py --database sqlite --database postgresql
+	$(BIN)/python bench/e2e.py
 
 clean:
 	rm -rf $(VENV) data .mypy_cache .ruff_cache
