@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import binascii
 import ipaddress
-import warnings
 import zipfile
 import zlib
 from collections.abc import Iterable, Mapping
@@ -18,11 +17,10 @@ from io import BytesIO
 from pathlib import PurePosixPath
 
 import httpx
-from PIL import Image, UnidentifiedImageError
+
+from submitter.imagecheck import MAX_IMAGE_BYTES, ImageRejected, check_image
 
 #: The docs: "Supports up to 20MB or 20 megapixels".
-MAX_IMAGE_BYTES = 20 * 1024 * 1024
-MAX_IMAGE_PIXELS = 20_000_000
 FETCH_TIMEOUT = httpx.Timeout(10.0)
 #: The docs' finetuning formats; captions are same-named .txt files.
 TRAINING_SUFFIXES = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".webp": "WEBP"}
@@ -105,29 +103,11 @@ def decode_base64(text: str, field: str, limit: int) -> bytes:
 
 def inspect_image(data: bytes, field: str) -> SourceImage:
     """Check ``data`` is an image within the 20 MB / 20 MP limits (reading its header only)."""
-    if len(data) > MAX_IMAGE_BYTES:
-        raise InputError(field, "image is larger than 20 MB")
     try:
-        with warnings.catch_warnings():
-            # Pillow warns, then refuses, on huge images; both mean the same to us.
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(BytesIO(data)) as img:
-                size, fmt, mode = img.size, img.format or "", img.mode
-                has_alpha = mode in ("RGBA", "LA", "PA") or "transparency" in img.info
-                if size[0] * size[1] <= MAX_IMAGE_PIXELS:
-                    img.verify()
-    except (
-        UnidentifiedImageError,
-        OSError,
-        SyntaxError,
-        ValueError,
-        Image.DecompressionBombWarning,
-        Image.DecompressionBombError,
-    ):
-        raise InputError(field, "not an image (JPEG, PNG or WebP expected)") from None
-    if size[0] * size[1] > MAX_IMAGE_PIXELS:
-        raise InputError(field, f"image is {size[0]}x{size[1]}, above 20 megapixels")
-    return SourceImage(data, size, fmt, has_alpha)
+        info = check_image(data)
+    except ImageRejected as exc:
+        raise InputError(field, str(exc)) from None
+    return SourceImage(data, info.size, info.format, info.has_alpha)
 
 
 async def load_image(

@@ -10,17 +10,13 @@ import asyncio
 import base64
 import io
 import os
-import warnings
 from pathlib import Path
 from typing import Any, TypeAlias
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from submitter._errors import ValidationError
-
-#: The docs: input images "up to 20MB or 20 megapixels".
-MAX_IMAGE_BYTES = 20 * 1024 * 1024
-MAX_IMAGE_PIXELS = 20_000_000
+from submitter.imagecheck import MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS, ImageRejected, check_image
 
 #: What ``edit`` and image fields accept: a path, raw bytes, a PIL image, or a URL / data: URI
 #: (strings starting with ``http://``, ``https://`` or ``data:`` are sent as they are).
@@ -33,29 +29,10 @@ def _fail(field: str, msg: str) -> ValidationError:
 
 def inspect_bytes(data: bytes, field: str) -> tuple[int, int]:
     """The size of the image in ``data``, if it is one within the limits."""
-    if len(data) > MAX_IMAGE_BYTES:
-        raise _fail(field, f"image is {len(data) / 1e6:.1f} MB; BFL takes at most 20 MB")
-    if not data:
-        raise _fail(field, "image is empty")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as img:
-                size = img.size
-                if size[0] * size[1] <= MAX_IMAGE_PIXELS:
-                    img.verify()
-    except (
-        UnidentifiedImageError,
-        OSError,
-        SyntaxError,
-        ValueError,
-        Image.DecompressionBombWarning,
-        Image.DecompressionBombError,
-    ):
-        raise _fail(field, "not a readable image (JPEG, PNG or WebP expected)") from None
-    if size[0] * size[1] > MAX_IMAGE_PIXELS:
-        raise _fail(field, f"image is {size[0]}x{size[1]}, above BFL's 20 megapixels")
-    return size
+        return check_image(data).size
+    except ImageRejected as exc:
+        raise _fail(field, str(exc)) from None
 
 
 def _read_path(path: Path, field: str) -> bytes:

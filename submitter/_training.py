@@ -16,7 +16,8 @@ from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
 
 from submitter._errors import ValidationError
-from submitter._images import MAX_IMAGE_BYTES, inspect_bytes
+from submitter._images import inspect_bytes
+from submitter.imagecheck import MAX_IMAGE_BYTES
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp"})
 CAPTION_SUFFIX = ".txt"
