@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import (
     SECRET,
     database,
+    database_option,
     listen,
     metric,
     peak_rss_mb,
@@ -135,15 +136,7 @@ def run_burst(engine: str, sample_base: str, count: int, workers: int, timeout: 
 @click.option("--latency", default=0.2, show_default=True, help="Delivery latency, seconds.")
 @click.option("--workers", default=32, show_default=True, help="RECEIVER_WORKERS.")
 @click.option("--timeout", default=300, show_default=True, help="Give up after this long.")
-@click.option(
-    "--database",
-    "engines",
-    type=click.Choice(["sqlite", "postgresql"]),
-    multiple=True,
-    default=["sqlite"],
-    show_default=True,
-    help="Store(s) to measure; repeat to compare both in one run.",
-)
+@database_option
 def main(
     count: int, latency: float, workers: int, timeout: float, engines: tuple[str, ...]
 ) -> None:

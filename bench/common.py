@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 
+import click
 import httpx
 
 SECRET = "bench-secret-not-for-production"
@@ -135,3 +136,15 @@ def database(engine: str, tmp: str) -> Iterator[str]:
         yield cluster.create_database("bench")
     finally:
         cluster.stop()
+
+
+#: ``--database``, repeatable, for every benchmark that can run on either store.
+database_option = click.option(
+    "--database",
+    "engines",
+    type=click.Choice(["sqlite", "postgresql"]),
+    multiple=True,
+    default=["sqlite"],
+    show_default=True,
+    help="Store(s) to measure; repeat to compare both in one run.",
+)

@@ -25,7 +25,7 @@ import click
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import SECRET, database, listen, spawn, stop, url_of
+from bench.common import SECRET, database, database_option, listen, spawn, stop, url_of
 
 HERE = Path(__file__).resolve().parent
 
@@ -81,15 +81,7 @@ def server_stack() -> str:
 @click.option("--seconds", default=10, show_default=True, help="Duration of each wrk run.")
 @click.option("--connections", default=32, show_default=True)
 @click.option("--with-worker", is_flag=True, help="Also measure with the worker running.")
-@click.option(
-    "--database",
-    "engines",
-    type=click.Choice(["sqlite", "postgresql"]),
-    multiple=True,
-    default=["sqlite"],
-    show_default=True,
-    help="Store(s) to measure; repeat to compare both in one run.",
-)
+@database_option
 def main(seconds: int, connections: int, with_worker: bool, engines: tuple[str, ...]) -> None:
     if shutil.which("wrk") is None:
         raise click.ClickException("wrk is not installed: apt-get install wrk")

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import email.utils
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC
 from typing import Any, BinaryIO
@@ -143,14 +143,7 @@ class Sender:
     ) -> httpx.Response:
         """The 2xx answer to ``method url``; the last error once retries are exhausted."""
         what = f"{method} {httpx.URL(url).copy_with(query=None)}"
-        policy = self.policy
-        async for attempt in stamina.retry_context(
-            on=retry_rule(idempotent=idempotent, policy=policy),
-            attempts=policy.attempts,
-            timeout=policy.timeout,
-            wait_initial=policy.wait_initial,
-            wait_max=policy.wait_max,
-        ):
+        async for attempt in self._attempts(idempotent=idempotent):
             with attempt:
                 try:
                     response = await self.client.request(
@@ -162,17 +155,21 @@ class Sender:
                     raise error_for(response, what)
         return response
 
-    async def stream_to(self, url: str, sink: BinaryIO) -> httpx.Headers:
-        """GET ``url`` (no API key: a delivery host) into ``sink``; retried, it is a GET."""
-        what = f"GET {httpx.URL(url).copy_with(query=None)}"
+    def _attempts(self, *, idempotent: bool) -> AsyncIterator[stamina.Attempt]:
+        """The attempts this policy allows, retrying what ``retry_rule`` says is safe."""
         policy = self.policy
-        async for attempt in stamina.retry_context(
-            on=retry_rule(idempotent=True, policy=policy),
+        return stamina.retry_context(
+            on=retry_rule(idempotent=idempotent, policy=policy),
             attempts=policy.attempts,
             timeout=policy.timeout,
             wait_initial=policy.wait_initial,
             wait_max=policy.wait_max,
-        ):
+        )
+
+    async def stream_to(self, url: str, sink: BinaryIO) -> httpx.Headers:
+        """GET ``url`` (no API key: a delivery host) into ``sink``; retried, it is a GET."""
+        what = f"GET {httpx.URL(url).copy_with(query=None)}"
+        async for attempt in self._attempts(idempotent=True):
             with attempt:
                 sink.seek(0)  # a retry starts the file again
                 sink.truncate()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 from collections.abc import AsyncIterator, Iterator
@@ -48,26 +49,28 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return url
 
 
-@pytest.fixture
-async def store(store_url: str) -> AsyncIterator[Store]:
-    """An open store on an empty database (async: request it from an anyio test)."""
-    opened = open_store(store_url)
+@contextlib.asynccontextmanager
+async def _opened(url: str) -> AsyncIterator[Store]:
+    opened = open_store(url)
     await opened.open()
     try:
         yield opened
     finally:
         await opened.close()
+
+
+@pytest.fixture
+async def store(store_url: str) -> AsyncIterator[Store]:
+    """An open store on an empty database (async: request it from an anyio test)."""
+    async with _opened(store_url) as opened:
+        yield opened
 
 
 @pytest.fixture
 async def other(store_url: str) -> AsyncIterator[Store]:
     """A second open store on the same database, as another replica would have."""
-    opened = open_store(store_url)
-    await opened.open()
-    try:
+    async with _opened(store_url) as opened:
         yield opened
-    finally:
-        await opened.close()
 
 
 @pytest.fixture(scope="session")

@@ -119,16 +119,24 @@ def settings_for(tmp: Path, **overrides: Any) -> Settings:
 
 
 class Recorder:
-    """A handler that remembers every event it was given."""
+    """A handler that remembers every event it was given, with the image it could read."""
 
     def __init__(self, fail_times: int = 0) -> None:
-        self.events: list[Event] = []
-        self.images: list[bytes | None] = []
+        # One list of pairs: tests read it from another thread, and one append is atomic.
+        self.seen: list[tuple[Event, bytes | None]] = []
         self.fail_times = fail_times
 
+    @property
+    def events(self) -> list[Event]:
+        return [event for event, _ in self.seen]
+
+    @property
+    def images(self) -> list[bytes | None]:
+        return [image for _, image in self.seen]
+
     async def __call__(self, event: Event) -> None:
-        self.events.append(event)
-        self.images.append(await event.image.read() if event.image else None)
+        image = await event.image.read() if event.image else None
+        self.seen.append((event, image))
         if self.fail_times > 0:
             self.fail_times -= 1
             raise RuntimeError("handler failed on purpose")

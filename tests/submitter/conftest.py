@@ -99,7 +99,7 @@ class World:
         return [e for e in self.recorder.events if e.task_id == task_id]
 
     def image_for(self, task_id: str) -> bytes | None:
-        for event, image in zip(self.recorder.events, self.recorder.images, strict=True):
+        for event, image in list(self.recorder.seen):
             if event.task_id == task_id:
                 return image
         return None
