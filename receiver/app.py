@@ -47,7 +47,13 @@ class Runtime:
 
 
 class BodyTooLarge(Exception):
-    pass
+    """The webhook body is over ``max_body_bytes``."""
+
+
+async def _stop(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 def create_app(settings: Settings, *, handlers: Mapping[str, Handler] | None = None) -> Starlette:
@@ -59,15 +65,20 @@ def create_app(settings: Settings, *, handlers: Mapping[str, Handler] | None = N
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        store = open_store(settings.database_url)
-        storage = open_storage(settings.storage_url)
-        await store.open()
-        await storage.open()
-        secrets = [s.get_secret_value() for s in settings.webhook_secret]
-        app.state.runtime = Runtime(settings, store, storage, handler_set, metrics, secrets)
-        limits = httpx.Limits(max_connections=MAX_CONNECTIONS, max_keepalive_connections=64)
-        async with httpx.AsyncClient(limits=limits, headers={"user-agent": USER_AGENT}) as client:
-            background = []
+        async with contextlib.AsyncExitStack() as stack:
+            # Each resource is closed by the stack, in reverse, even if a later one fails.
+            store = open_store(settings.database_url)
+            await store.open()
+            stack.push_async_callback(store.close)
+            storage = open_storage(settings.storage_url)
+            await storage.open()
+            stack.push_async_callback(storage.close)
+            limits = httpx.Limits(max_connections=MAX_CONNECTIONS, max_keepalive_connections=64)
+            client = await stack.enter_async_context(
+                httpx.AsyncClient(limits=limits, headers={"user-agent": USER_AGENT})
+            )
+            secrets = [s.get_secret_value() for s in settings.webhook_secret]
+            app.state.runtime = Runtime(settings, store, storage, handler_set, metrics, secrets)
             if settings.run_worker:
                 worker = Worker(
                     settings=settings,
@@ -84,22 +95,12 @@ def create_app(settings: Settings, *, handlers: Mapping[str, Handler] | None = N
                     metrics=metrics,
                     handlers_for=handler_set.names_for,
                 )
-                background = [
-                    asyncio.create_task(worker.run(), name="receiver-worker"),
-                    asyncio.create_task(reconciler.run(), name="receiver-reconciler"),
-                ]
+                for name, job in (("worker", worker.run()), ("reconciler", reconciler.run())):
+                    task = asyncio.create_task(job, name=f"receiver-{name}")
+                    stack.push_async_callback(_stop, task)
                 if settings.bfl_api_key is None:
                     log.info("no BFL_API_KEY: tasks whose webhook never comes cannot be polled")
-            try:
-                yield
-            finally:
-                for task in background:
-                    task.cancel()
-                for task in background:
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await task
-                await storage.close()
-                await store.close()
+            yield
 
     return Starlette(
         routes=[
