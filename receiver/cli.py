@@ -20,7 +20,7 @@ from rich.table import Table
 
 from receiver.events import Status
 from receiver.settings import Settings
-from receiver.store import Store, open_store
+from receiver.store import Store, opened_store
 
 T = TypeVar("T")
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhdw]?)$")
@@ -44,12 +44,8 @@ def _settings(**overrides: Any) -> Settings:
 
 def _with_store(settings: Settings, fn: Callable[[Store], Awaitable[T]]) -> T:
     async def run() -> T:
-        store = open_store(settings.database_url)
-        await store.open()
-        try:
+        async with opened_store(settings.database_url) as store:
             return await fn(store)
-        finally:
-            await store.close()
 
     try:
         return asyncio.run(run())

@@ -17,7 +17,8 @@ BFL_API_HOSTS = ("api.bfl.ai", "api.*.bfl.ai")
 CommaList = Annotated[tuple[str, ...], NoDecode]
 
 
-def _split_commas(value: object) -> object:
+def split_commas(value: object) -> object:
+    """``"a, b,,c"`` → ``("a", "b", "c")``; anything else unchanged (for ``mode="before"``)."""
     if isinstance(value, str):
         return tuple(part.strip() for part in value.split(",") if part.strip())
     return value
@@ -102,9 +103,9 @@ class Settings(BaseSettings):
     @field_validator("handlers", "sample_hosts", mode="before")
     @classmethod
     def _split(cls, value: object) -> object:
-        return _split_commas(value)
+        return split_commas(value)
 
     @field_validator("webhook_secret", mode="before")
     @classmethod
     def _split_secrets(cls, value: object) -> object:
-        return _split_commas(value)
+        return split_commas(value)

@@ -29,9 +29,10 @@ from sandbox.images import Mode, RenderSpec
 from sandbox.inputs import InputError, SourceImage, allowed_url, load_image
 from sandbox.results import polling_url, result_body
 from sandbox.runtime import Runtime, runtime_of
-from sandbox.tasks import Finetune, Status, Task, outcome_of
+from sandbox.tasks import Finetune, Task, outcome_of
 from sandbox.webhooks import notify
 from submitter import models as m
+from submitter.models import Status
 
 #: The global and multi-cluster hosts route a task to a cluster; polling_url names it.
 CLUSTERS = ("eu", "us")

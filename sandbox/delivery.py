@@ -26,7 +26,8 @@ from starlette.responses import Response
 
 from sandbox.images import CONTENT_TYPES
 from sandbox.runtime import runtime_of
-from sandbox.tasks import Status, Task
+from sandbox.tasks import Task
+from submitter.models import Status
 
 SIGNED_VERSION = "2024-11-04"
 EXPIRY_FORMAT = "%Y-%m-%dT%H:%M:%SZ"

@@ -6,7 +6,8 @@ from typing import Any
 
 from sandbox.delivery import signed_url
 from sandbox.runtime import Runtime
-from sandbox.tasks import ERROR_DETAILS, Status, Task
+from sandbox.tasks import ERROR_DETAILS, Task
+from submitter.models import Status
 
 #: Shape B's words for the statuses (seen in public receivers; BFL does not document it).
 SHAPE_B_STATUS = {Status.READY: "SUCCESS", Status.PENDING: "PENDING"}

@@ -7,6 +7,7 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from receiver.settings import split_commas
 from sandbox.faults import parse_faults
 
 #: Loopback only: a typo or a fuzzer never sends traffic off the machine.
@@ -14,12 +15,6 @@ LOOPBACK_HOSTS = ("127.0.0.0/8", "::1", "localhost")
 
 CommaList = Annotated[tuple[str, ...], NoDecode]
 FloatList = Annotated[tuple[float, ...], NoDecode]
-
-
-def _split_commas(value: object) -> object:
-    if isinstance(value, str):
-        return tuple(part.strip() for part in value.split(",") if part.strip())
-    return value
 
 
 class SandboxSettings(BaseSettings):
@@ -97,7 +92,7 @@ class SandboxSettings(BaseSettings):
     @field_validator("allowed_hosts", "api_keys", "faults", "webhook_retry_delays", mode="before")
     @classmethod
     def _split(cls, value: object) -> object:
-        return _split_commas(value)
+        return split_commas(value)
 
     @field_validator("faults")
     @classmethod

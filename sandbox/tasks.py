@@ -9,25 +9,14 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from enum import StrEnum
 from typing import Any
 
 from sandbox.faults import Faults
 from sandbox.images import RenderSpec
+from submitter.models import Status
 
 #: Tasks are forgotten (get_result: Task not found) a day after they were submitted.
 RETENTION_SECONDS = 24 * 3600
-
-
-class Status(StrEnum):
-    """The spec's StatusResponse enum, exactly."""
-
-    NOT_FOUND = "Task not found"
-    PENDING = "Pending"
-    REQUEST_MODERATED = "Request Moderated"
-    CONTENT_MODERATED = "Content Moderated"
-    READY = "Ready"
-    ERROR = "Error"
 
 
 #: Faults that decide how a task ends.

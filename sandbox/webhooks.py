@@ -18,7 +18,8 @@ import httpx
 from receiver.verify import sign
 from sandbox.results import webhook_body
 from sandbox.runtime import Runtime
-from sandbox.tasks import Status, Task
+from sandbox.tasks import Task
+from submitter.models import Status
 
 log = logging.getLogger("sandbox.webhooks")
 USER_AGENT = "bfl-sandbox-webhooks"

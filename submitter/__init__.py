@@ -29,7 +29,8 @@ from submitter._errors import (
 from submitter._finetunes import Finetunes
 from submitter._http import RetryPolicy
 from submitter._settings import Settings
-from submitter._types import Result, Status, Task
+from submitter._types import Result, Task
+from submitter.models import Status
 
 __all__ = [
     "BFL",

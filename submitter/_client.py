@@ -42,7 +42,8 @@ from submitter._settings import (
     resolve_connection,
     resolve_webhook,
 )
-from submitter._types import Result, Status, Task
+from submitter._types import Result, Task
+from submitter.models import Status
 
 log = logging.getLogger("submitter")
 

@@ -3,26 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import StrEnum
 from typing import Any
 
 from submitter._errors import TaskFailed
-
-
-class Status(StrEnum):
-    """get_result's statuses, exactly as the spec spells them."""
-
-    NOT_FOUND = "Task not found"
-    PENDING = "Pending"
-    REQUEST_MODERATED = "Request Moderated"
-    CONTENT_MODERATED = "Content Moderated"
-    READY = "Ready"
-    ERROR = "Error"
-
-    @property
-    def terminal(self) -> bool:
-        """The task will not change again."""
-        return self is not Status.PENDING
+from submitter.models import Status
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 import click
 from rich.markup import escape
 
-from receiver.store import Submission, open_store
+from receiver.store import Submission, opened_store
 from submitter._batch import batch
 from submitter._cli_finetune import finetune
 from submitter._cli_support import (
@@ -302,15 +302,11 @@ async def _recorded(settings: Settings, task_id: str) -> Submission | None:
     if not _store_exists(url):
         return None  # no store yet: do not create one just to look
     try:
-        store = open_store(url)
-        await store.open()
+        async with opened_store(url) as store:
+            return await store.get_submission(task_id=task_id)
     except (OSError, ValueError) as exc:
         say(f"[yellow]note:[/yellow] the store cannot be read ({escape(str(exc))})")
         return None
-    try:
-        return await store.get_submission(task_id=task_id)
-    finally:
-        await store.close()
 
 
 def _store_exists(url: str) -> bool:

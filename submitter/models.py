@@ -8,6 +8,7 @@ and ``1`` is not a boolean. Unknown fields are ignored, as FastAPI (BFL's server
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
@@ -49,6 +50,22 @@ Guidance5 = Annotated[float, Field(ge=1.5, le=5)]
 Guidance100 = Annotated[float, Field(ge=1.5, le=100)]
 Strength = Annotated[float, Field(ge=0, le=2)]
 Unit = Annotated[float, Field(ge=0, le=1)]
+
+
+class Status(StrEnum):
+    """The spec's StatusResponse enum, exactly as get_result spells it."""
+
+    NOT_FOUND = "Task not found"
+    PENDING = "Pending"
+    REQUEST_MODERATED = "Request Moderated"
+    CONTENT_MODERATED = "Content Moderated"
+    READY = "Ready"
+    ERROR = "Error"
+
+    @property
+    def terminal(self) -> bool:
+        """The task will not change again."""
+        return self is not Status.PENDING
 
 
 class Inputs(BaseModel):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import os
 from collections.abc import AsyncIterator, Iterator
@@ -10,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from receiver.store import Store, open_store
+from receiver.store import Store, opened_store
 from tests.pg import PostgresCluster, find_bindir
 from tests.s3 import MotoServer
 
@@ -49,27 +48,17 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return url
 
 
-@contextlib.asynccontextmanager
-async def _opened(url: str) -> AsyncIterator[Store]:
-    opened = open_store(url)
-    await opened.open()
-    try:
-        yield opened
-    finally:
-        await opened.close()
-
-
 @pytest.fixture
 async def store(store_url: str) -> AsyncIterator[Store]:
     """An open store on an empty database (async: request it from an anyio test)."""
-    async with _opened(store_url) as opened:
+    async with opened_store(store_url) as opened:
         yield opened
 
 
 @pytest.fixture
 async def other(store_url: str) -> AsyncIterator[Store]:
     """A second open store on the same database, as another replica would have."""
-    async with _opened(store_url) as opened:
+    async with opened_store(store_url) as opened:
         yield opened
 
 

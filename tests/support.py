@@ -201,14 +201,10 @@ def eventually(predicate: Any, timeout: float = 10.0) -> None:
 
 def read_store(settings: Settings, fn: Any) -> Any:
     """Run ``await fn(store)`` against the receiver's store, from the test's thread."""
-    from receiver.store import open_store  # noqa: PLC0415
+    from receiver.store import opened_store  # noqa: PLC0415
 
     async def run() -> Any:
-        store = open_store(settings.database_url)
-        await store.open()
-        try:
+        async with opened_store(settings.database_url) as store:
             return await fn(store)
-        finally:
-            await store.close()
 
     return anyio.run(run)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
+
 from receiver.store.base import (
     EventRecord,
     ImageRecord,
@@ -27,6 +30,7 @@ __all__ = [
     "Store",
     "Submission",
     "open_store",
+    "opened_store",
 ]
 
 
@@ -41,3 +45,14 @@ def open_store(url: str) -> Store:
 
         return PostgresStore(url)
     raise ValueError(f"unsupported database URL (expected sqlite:/// or postgresql://): {url!r}")
+
+
+@contextlib.asynccontextmanager
+async def opened_store(url: str) -> AsyncIterator[Store]:
+    """The store at ``url``, open for the block (for commands and scripts)."""
+    store = open_store(url)
+    await store.open()
+    try:
+        yield store
+    finally:
+        await store.close()
