@@ -8,7 +8,7 @@ import pytest
 
 from receiver.payload import notice_from_payload
 from receiver.store import base, postgres_submissions, sqlite
-from receiver.store.base import RecordOutcome, Store
+from receiver.store.base import ForeignReference, RecordOutcome, Store
 
 pytestmark = pytest.mark.anyio
 
@@ -133,3 +133,14 @@ async def test_unbound_submissions_stop_counting_sooner(
     monkeypatch.setattr(sqlite, "UNBOUND_ACTIVE_SECONDS", 0.01)
     monkeypatch.setattr(postgres_submissions, "UNBOUND_ACTIVE_SECONDS", 0.01)
     assert await store.active_submissions(within=3600) == 1
+
+
+async def test_a_reference_bound_to_another_task_records_nothing(store: Store) -> None:
+    await store.prepare_submission("r1", "flux-dev", {"chat": 1})
+    await store.bind_submission("r1", "t1", None)
+    with pytest.raises(ForeignReference):
+        await finish(store, "forged", ref="r1")
+    assert await store.get_event("forged") is None
+    assert await finish(store, "t1", ref="r1") is RecordOutcome.NEW
+    await store.prepare_submission("r2", "flux-dev", {})  # not bound yet: any task may use it
+    assert await finish(store, "t2", ref="r2") is RecordOutcome.NEW

@@ -11,7 +11,7 @@ import pytest
 
 from receiver import Event, on
 from receiver.store import JobState
-from receiver.verify import sign
+from receiver.verify import derive_secret, sign
 from tests.support import (
     SECRET,
     Recorder,
@@ -409,3 +409,32 @@ def test_failing_handler_is_retried_then_dead_then_replayed(tmp_path: Path) -> N
         eventually(lambda: r.metric("bfl_hooks_dead_jobs") == 0)
         assert flaky.events[-1].attempt == 1
         assert len(fine.events) == 1
+
+
+def test_per_task_secret_authenticates_its_own_task_only(tmp_path: Path) -> None:
+    settings = settings_for(tmp_path)
+    read_store(settings, lambda s: s.prepare_submission("ref1", "flux-dev", {"chat": 9}))
+    read_store(settings, lambda s: s.bind_submission("ref1", "mine", None))
+    task_secret = derive_secret(SECRET, "ref1")
+    with running_receiver(settings) as r:
+        forged = r.client.post(
+            "/webhooks/bfl?ref=ref1",
+            json={"id": "someone-else", "status": "Error"},
+            headers={"x-webhook-secret": task_secret},
+        )
+        assert forged.status_code == 401
+        wrong_ref = r.client.post(
+            "/webhooks/bfl?ref=other",
+            json={"id": "mine", "status": "Error"},
+            headers={"x-webhook-secret": task_secret},
+        )
+        assert wrong_ref.status_code == 401
+        own = r.client.post(
+            "/webhooks/bfl?ref=ref1",
+            json={"id": "mine", "status": "Error"},
+            headers={"x-webhook-secret": task_secret},
+        )
+        assert own.status_code == 200
+    assert read_store(settings, lambda s: s.get_event("someone-else")) is None
+    event = read_store(settings, lambda s: s.get_event("mine"))
+    assert event.metadata == {"chat": 9}

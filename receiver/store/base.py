@@ -48,6 +48,11 @@ class JobState(StrEnum):
     DEAD = "dead"
 
 
+class ForeignReference(Exception):
+    """The webhook's reference belongs to a submission bound to another task: a per-task
+    secret authenticates its own task only, even if it leaked. Nothing was recorded."""
+
+
 class RecordOutcome(StrEnum):
     """What ``record`` did with a notice."""
 
@@ -173,6 +178,7 @@ class Store(abc.ABC):
         done); any other terminal notice creates a handler job for each of ``handlers`` now.
         ``ref`` is the submission reference the webhook URL carried: the new event takes that
         submission's metadata (else the metadata of the submission bound to its task id).
+        Raises ForeignReference, recording nothing, if ``ref`` is bound to another task.
         Returns only once the change is committed.
         """
 

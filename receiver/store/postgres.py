@@ -28,6 +28,7 @@ from receiver.payload import Notice
 from receiver.store import postgres_submissions as submissions
 from receiver.store.base import (
     EventRecord,
+    ForeignReference,
     ImageRecord,
     Job,
     JobRun,
@@ -279,6 +280,10 @@ async def _record(
     handlers: Sequence[str],
     ref: str | None,
 ) -> RecordOutcome:
+    if ref is not None:
+        bound = await c.fetchrow("SELECT task_id FROM submissions WHERE ref = $1", ref)
+        if bound is not None and bound["task_id"] not in (None, notice.task_id):
+            raise ForeignReference(ref)
     fields = (
         notice.status.value,
         _text(notice.raw_status),

@@ -18,6 +18,7 @@ from receiver.store.base import (
     TERMINAL_STATUSES,
     UNBOUND_ACTIVE_SECONDS,
     EventRecord,
+    ForeignReference,
     ImageRecord,
     Job,
     JobRun,
@@ -407,6 +408,10 @@ def _record(
     handlers: Sequence[str],
     ref: str | None,
 ) -> RecordOutcome:
+    if ref is not None:
+        bound = c.execute("SELECT task_id FROM submissions WHERE ref = ?", (ref,)).fetchone()
+        if bound is not None and bound[0] not in (None, notice.task_id):
+            raise ForeignReference(ref)
     now = time.time()
     fields = (
         notice.status.value,
