@@ -166,6 +166,32 @@ async def test_claim_takes_oldest_due_jobs_first_up_to_the_limit(store: Store) -
     assert await store.claim("w3", 5, 30) == []
 
 
+async def test_claim_by_kind_takes_only_that_kind_longest_due_first(store: Store) -> None:
+    await record(store, "r1")  # a download job
+    await store.record(notice("e1", "Error", sample=None), deadline=None, handlers=["h:a"])
+    await record(store, "r2")
+    handlers = await store.claim("w1", 5, 30, kind=JobKind.HANDLER)
+    assert [(j.task_id, j.kind) for j in handlers] == [("e1", JobKind.HANDLER)]
+    downloads = await store.claim("w1", 5, 30, kind=JobKind.DOWNLOAD)
+    assert [j.task_id for j in downloads] == ["r1", "r2"]
+    assert {j.kind for j in downloads} == {JobKind.DOWNLOAD}
+    assert await store.claim("w1", 5, 30, kind=JobKind.DOWNLOAD) == []
+
+
+async def test_release_requeues_at_once_without_counting_the_attempt(store: Store) -> None:
+    await store.record(notice("t1", "Error", sample=None), deadline=None, handlers=["h:a"])
+    job = await claim_one(store)
+    assert job.attempts == 1
+    assert await store.release(job, "handed back at shutdown")
+    [queued] = await store.jobs_for("t1")
+    assert (queued.state, queued.attempts, queued.lease) == (JobState.QUEUED, 0, None)
+    assert queued.last_error == "handed back at shutdown"
+    again = await claim_one(store)  # due now, not after a delay or a lease
+    assert (again.id, again.attempts) == (job.id, 1)
+    assert not await store.release(job, "stale lease")  # fenced like every transition
+    assert [r.outcome for r in await store.runs_for("t1")] == ["released"]
+
+
 async def test_parallel_claimers_never_get_the_same_job(store: Store, other: Store) -> None:
     for i in range(20):
         await record(store, f"t{i}", "Error", sample=None)  # 2 handler jobs each

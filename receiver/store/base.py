@@ -8,7 +8,7 @@ One interface, two engines (SQLite embedded, PostgreSQL for replicas), one state
             ▲                 │  │
             │  retry(delay)   │  └──bury──▶ dead ──replay──▶ queued
             └─────────────────┘
-                 lease expired (reap)
+             lease expired (reap), or handed back unfinished (release)
 
 Every transition out of ``running`` is fenced: it names the lease token the claim returned, and
 does nothing (returns False) when the lease was lost to the reaper and claimed again elsewhere.
@@ -216,8 +216,11 @@ class Store(abc.ABC):
         """Count one poll of ``ref`` and schedule the next one ``next_in`` seconds from now."""
 
     @abc.abstractmethod
-    async def claim(self, owner: str, limit: int, lease_seconds: float) -> list[Job]:
-        """Take up to ``limit`` due queued jobs, oldest first, leased to ``owner``."""
+    async def claim(
+        self, owner: str, limit: int, lease_seconds: float, kind: JobKind | None = None
+    ) -> list[Job]:
+        """Take up to ``limit`` due queued jobs (of ``kind`` only, if given), the longest due
+        first, leased to ``owner``."""
 
     @abc.abstractmethod
     async def renew(self, jobs: Sequence[Job], lease_seconds: float) -> set[int]:
@@ -240,6 +243,11 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def bury(self, job: Job, error: str) -> bool:
         """running → dead, with the reason."""
+
+    @abc.abstractmethod
+    async def release(self, job: Job, reason: str) -> bool:
+        """running → queued, due now, and the attempt not counted: the job was handed back
+        unfinished (a shutdown past its grace period), not failed."""
 
     @abc.abstractmethod
     async def reap(self) -> int:

@@ -31,6 +31,7 @@ from receiver.store.base import (
     ForeignReference,
     ImageRecord,
     Job,
+    JobKind,
     JobRun,
     JobState,
     QueueCounts,
@@ -130,12 +131,15 @@ class PostgresStore(Store):
     async def reconciled(self, ref: str, next_in: float) -> None:
         await submissions.reconciled(self.pool, ref, next_in)
 
-    async def claim(self, owner: str, limit: int, lease_seconds: float) -> list[Job]:
+    async def claim(
+        self, owner: str, limit: int, lease_seconds: float, kind: JobKind | None = None
+    ) -> list[Job]:
         if limit <= 0:
             return []
         rows = await self.pool.fetch(
             f"""WITH due AS (
                     SELECT id FROM jobs WHERE state = 'queued' AND run_at <= {NOW}
+                    AND ($4::text IS NULL OR kind = $4)
                     ORDER BY run_at, id LIMIT $3 FOR UPDATE SKIP LOCKED)
                 UPDATE jobs SET state = 'running', attempts = attempts + 1, lease = $1,
                     lease_until = {NOW} + $2, updated_at = {NOW}
@@ -144,6 +148,7 @@ class PostgresStore(Store):
             f"{owner}/{uuid.uuid4().hex}",
             lease_seconds,
             limit,
+            kind.value if kind is not None else None,
         )
         return sorted((job_from(r) for r in rows), key=lambda j: (j.run_at, j.id))
 
@@ -190,6 +195,16 @@ class PostgresStore(Store):
 
     async def bury(self, job: Job, error: str) -> bool:
         return await _finish(self.pool, job, JobState.DEAD, error, "dead")
+
+    async def release(self, job: Job, reason: str) -> bool:
+        async with self.pool.acquire() as c, c.transaction():
+            if not await _finish(c, job, JobState.QUEUED, reason, "released", delay=0.0):
+                return False
+            await c.execute(
+                "UPDATE jobs SET attempts = greatest(attempts - 1, 0) WHERE id = $1", job.id
+            )
+        self._wake.announce()
+        return True
 
     async def reap(self) -> int:
         # SKIP LOCKED: a row locked right now is being claimed, renewed or finished; leave it

@@ -21,6 +21,7 @@ from receiver.store.base import (
     ForeignReference,
     ImageRecord,
     Job,
+    JobKind,
     JobRun,
     JobState,
     QueueCounts,
@@ -220,18 +221,22 @@ class SQLiteStore(Store):
             )
         )
 
-    async def claim(self, owner: str, limit: int, lease_seconds: float) -> list[Job]:
+    async def claim(
+        self, owner: str, limit: int, lease_seconds: float, kind: JobKind | None = None
+    ) -> list[Job]:
         lease = f"{owner}/{uuid.uuid4().hex}"
+        kinds = [kind.value] if kind is not None else [k.value for k in JobKind]
 
         def claim(c: sqlite3.Connection) -> list[Job]:
             now = time.time()
             rows = c.execute(
-                """UPDATE jobs SET state = 'running', attempts = attempts + 1, lease = ?,
+                f"""UPDATE jobs SET state = 'running', attempts = attempts + 1, lease = ?,
                        lease_until = ?, updated_at = ?
                    WHERE id IN (SELECT id FROM jobs WHERE state = 'queued' AND run_at <= ?
+                                AND kind IN ({",".join("?" * len(kinds))})
                                 ORDER BY run_at LIMIT ?)
                    RETURNING *""",
-                (lease, now + lease_seconds, now, now, limit),
+                (lease, now + lease_seconds, now, now, *kinds, limit),
             ).fetchall()
             return sorted((job_from(r) for r in rows), key=lambda j: j.run_at)
 
@@ -283,6 +288,19 @@ class SQLiteStore(Store):
 
     async def bury(self, job: Job, error: str) -> bool:
         return await self._db.run(lambda c: _finish(c, job, JobState.DEAD, error, "dead"))
+
+    async def release(self, job: Job, reason: str) -> bool:
+        def release(c: sqlite3.Connection) -> bool:
+            now = time.time()
+            if not _finish(c, job, JobState.QUEUED, reason, "released", run_at=now):
+                return False
+            c.execute("UPDATE jobs SET attempts = max(attempts - 1, 0) WHERE id = ?", (job.id,))
+            return True
+
+        released = await self._db.run(release)
+        if released:
+            self._work.set()
+        return released
 
     async def reap(self) -> int:
         def reap(c: sqlite3.Connection) -> int:
