@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import queue
 import sqlite3
 import threading
@@ -33,6 +34,15 @@ class _Call:
 _STOP = object()
 
 
+class DatabaseFileGone(OSError):
+    """The database file was deleted or replaced under the open connection.
+
+    SQLite would go on writing into the unlinked file, and everything acknowledged from then
+    on would vanish at the next restart; so every call fails instead, until an operator puts
+    the file back or restarts the receiver on the new one.
+    """
+
+
 class SQLiteThread:
     """Runs functions of one ``sqlite3.Connection`` on a dedicated thread, batched per commit."""
 
@@ -43,6 +53,7 @@ class SQLiteThread:
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
         self._open_error: BaseException | None = None
+        self._identity: tuple[int, int] | None = None
         self.commits = 0
         """How many transactions were committed (a batch commits once): for the benchmarks."""
 
@@ -75,7 +86,21 @@ class SQLiteThread:
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute(f"PRAGMA synchronous = {self._synchronous}")
         conn.execute("PRAGMA foreign_keys = ON")
+        if self._path != ":memory:":
+            info = os.stat(self._path)
+            self._identity = (info.st_dev, info.st_ino)
         return conn
+
+    def _check_file(self) -> None:
+        """One stat per batch (about a microsecond): is the file we write still the file?"""
+        if self._identity is None:
+            return
+        try:
+            info = os.stat(self._path)
+        except FileNotFoundError:
+            raise DatabaseFileGone(f"the database file {self._path} was deleted") from None
+        if (info.st_dev, info.st_ino) != self._identity:
+            raise DatabaseFileGone(f"the database file {self._path} was replaced")
 
     def _main(self) -> None:
         try:
@@ -107,14 +132,21 @@ class SQLiteThread:
     def _run_batch(self, conn: sqlite3.Connection, calls: list[_Call]) -> None:
         try:
             results = self._transaction(conn, calls)
+        except _StoreWide as wide:
+            # The store itself refused (locked by another process, disk full, file gone):
+            # every call would fail the same way, so fail them all now rather than make each
+            # wait out its own busy timeout in turn.
+            results = [(call, None, wide.error) for call in calls]
         except Exception:
-            # One call failed (or the commit did): none of the batch is durable. Run each call
-            # in a transaction of its own so one bad call does not fail its neighbours. Rare,
-            # so the common path pays for no savepoints.
+            # One call failed: none of the batch is durable. Run each call in a transaction of
+            # its own so one bad call does not fail its neighbours. Rare, so the common path
+            # pays for no savepoints.
             results = []
             for call in calls:
                 try:
                     results += self._transaction(conn, [call])
+                except _StoreWide as wide:
+                    results.append((call, None, wide.error))
                 except Exception as exc:
                     results.append((call, None, exc))
         by_loop: dict[asyncio.AbstractEventLoop, list[_Result]] = {}
@@ -127,16 +159,33 @@ class SQLiteThread:
                 loop.call_soon_threadsafe(_settle, settled)
 
     def _transaction(self, conn: sqlite3.Connection, calls: list[_Call]) -> list[_Result]:
-        conn.execute("BEGIN IMMEDIATE")
+        try:
+            self._check_file()
+            conn.execute("BEGIN IMMEDIATE")
+        except Exception as exc:
+            raise _StoreWide(exc) from exc
         try:
             results: list[_Result] = [(call, call.fn(conn), None) for call in calls]
-            conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
+        try:
+            conn.execute("COMMIT")
+        except Exception as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise _StoreWide(exc) from exc
         self.commits += 1
         return results
+
+
+class _StoreWide(Exception):
+    """A failure of the transaction itself (BEGIN or COMMIT), not of one call in it."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(str(error))
+        self.error = error
 
 
 _Result = tuple[_Call, Any, BaseException | None]
