@@ -18,6 +18,8 @@ from starlette.routing import Route
 
 from receiver.download import url_deadline
 from receiver.handlers import Handler, HandlerSet, load_handlers
+from receiver.health import Health, describe
+from receiver.loops import watch
 from receiver.metrics import Metrics
 from receiver.payload import PayloadError, parse_notice
 from receiver.reconciler import Reconciler
@@ -45,10 +47,17 @@ class Runtime:
     handlers: HandlerSet
     metrics: Metrics
     secrets: list[str]
+    health: Health
 
 
 class BodyTooLarge(Exception):
     """The webhook body is over ``max_body_bytes``."""
+
+
+#: How long /readyz waits for the store before it calls it unreachable.
+READY_TIMEOUT = 5.0
+#: What a webhook that could not be recorded is told: BFL (or the sandbox) tries again.
+RETRY_AFTER_SECONDS = "5"
 
 
 async def _stop(task: asyncio.Task[None]) -> None:
@@ -79,7 +88,10 @@ def create_app(settings: Settings, *, handlers: Mapping[str, Handler] | None = N
                 httpx.AsyncClient(limits=limits, headers={"user-agent": USER_AGENT})
             )
             secrets = [s.get_secret_value() for s in settings.webhook_secret]
-            app.state.runtime = Runtime(settings, store, storage, handler_set, metrics, secrets)
+            health = Health()
+            app.state.runtime = Runtime(
+                settings, store, storage, handler_set, metrics, secrets, health
+            )
             if settings.run_worker:
                 worker = Worker(
                     settings=settings,
@@ -88,6 +100,7 @@ def create_app(settings: Settings, *, handlers: Mapping[str, Handler] | None = N
                     handlers=handler_set,
                     client=client,
                     metrics=metrics,
+                    health=health,
                 )
                 reconciler = Reconciler(
                     settings=settings,
@@ -95,10 +108,13 @@ def create_app(settings: Settings, *, handlers: Mapping[str, Handler] | None = N
                     client=client,
                     metrics=metrics,
                     handlers_for=handler_set.names_for,
+                    health=health,
                 )
-                for name, job in (("worker", worker.run()), ("reconciler", reconciler.run())):
-                    task = asyncio.create_task(job, name=f"receiver-{name}")
-                    stack.push_async_callback(_stop, task)
+                worker.start()
+                stack.push_async_callback(worker.stop, settings.shutdown_grace_seconds)
+                task = asyncio.create_task(reconciler.run(), name="receiver-reconciler")
+                watch(task, "reconciler", health, log)
+                stack.push_async_callback(_stop, task)
                 if settings.bfl_api_key is None:
                     log.info("no BFL_API_KEY: tasks whose webhook never comes cannot be polled")
             yield
@@ -177,6 +193,19 @@ async def webhook(request: Request) -> Response:
         rt.metrics.webhooks.labels("unauthorized").inc()
         log.warning("webhook refused: reference %s belongs to another task", ref)
         return _problem(401, "unauthorized")
+    except Exception as exc:
+        # Not recorded, so not acknowledged: a 503 tells BFL to deliver it again, and /readyz
+        # reports the store until a webhook is recorded again.
+        reason = describe(exc)
+        rt.health.fail("webhooks", f"cannot record webhooks: {reason}")
+        rt.metrics.webhooks.labels("store_error").inc()
+        log.error("task %s: webhook not recorded: %s", notice.task_id, reason)
+        return JSONResponse(
+            {"error": "the event store is unavailable; deliver again later"},
+            status_code=503,
+            headers={"retry-after": RETRY_AFTER_SECONDS},
+        )
+    rt.health.ok("webhooks")
     rt.metrics.recorded[outcome].inc()
     if outcome is RecordOutcome.DUPLICATE:
         rt.metrics.duplicates.inc()
@@ -189,12 +218,26 @@ async def healthz(request: Request) -> Response:
 
 
 async def readyz(request: Request) -> Response:
+    """Ready when the store answers and nothing that records or processes is failing.
+
+    503 lists every reason (the store unreachable, webhooks that could not be recorded, a
+    worker loop that cannot reach the store or stopped); ``warnings`` lists what a person must
+    look at without taking the receiver out of rotation.
+    """
     rt = _runtime(request)
+    reasons = []
     try:
-        await asyncio.wait_for(rt.store.ping(), timeout=5)
+        await asyncio.wait_for(rt.store.ping(), timeout=READY_TIMEOUT)
     except Exception as exc:  # any failure to reach the store means not ready
-        return _problem(503, f"store unreachable: {type(exc).__name__}")
-    return JSONResponse({"ok": True})
+        reasons.append(f"store: unreachable: {describe(exc)}")
+    reasons += [f"{p.component}: {p.reason}" for p in rt.health.problems]
+    body: dict[str, object] = {"ok": not reasons}
+    if reasons:
+        body["reasons"] = reasons
+    warnings = [f"{w.component}: {w.reason}" for w in rt.health.warnings]
+    if warnings:
+        body["warnings"] = warnings
+    return JSONResponse(body, status_code=503 if reasons else 200)
 
 
 async def metrics_endpoint(request: Request) -> Response:

@@ -19,6 +19,8 @@ import httpx
 
 from receiver.download import host_allowed, url_deadline
 from receiver.events import Status
+from receiver.health import Health
+from receiver.loops import run_forever
 from receiver.metrics import Metrics
 from receiver.payload import PayloadError, notice_from_payload
 from receiver.settings import Settings
@@ -50,8 +52,10 @@ class Reconciler:
         client: httpx.AsyncClient,
         metrics: Metrics,
         handlers_for: Callable[[Status], list[str]],
+        health: Health | None = None,
     ) -> None:
         self.settings = settings
+        self.health = health if health is not None else Health()
         self.store = store
         self.client = client
         self.metrics = metrics
@@ -59,17 +63,18 @@ class Reconciler:
         self._limit = asyncio.Semaphore(CONCURRENCY)
 
     async def run(self) -> None:
-        """Look for overdue tasks every few seconds until cancelled."""
-        every = min(5.0, self.settings.reconcile_after / 4)
-        while True:
-            try:
-                due = await self.store.due_for_reconcile(self.settings.reconcile_after, BATCH)
-                await asyncio.gather(*(self._poll(s) for s in due))
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # a store hiccup must not end reconciliation for good
-                log.exception("reconcile pass failed; trying again")
-            await asyncio.sleep(every)
+        """Look for overdue tasks every few seconds until cancelled; a failing pass (the
+        store is down) is logged and tried again with backoff, never the end of the loop."""
+        await run_forever("reconciler", self.reconcile_pass, health=self.health, log=log)
+
+    async def reconcile_pass(self) -> None:
+        """Poll what is due now, then rest a few seconds."""
+        due = await self.store.due_for_reconcile(self.settings.reconcile_after, BATCH)
+        results = await asyncio.gather(*(self._poll(s) for s in due), return_exceptions=True)
+        for result in results:
+            if isinstance(result, Exception):
+                raise result  # after every poll of the pass has ended, none left behind
+        await asyncio.sleep(min(5.0, self.settings.reconcile_after / 4))
 
     async def _poll(self, sub: Submission) -> None:
         async with self._limit:

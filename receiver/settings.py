@@ -67,8 +67,16 @@ class Settings(BaseSettings):
     run_worker: bool = True
     """Run downloads and handlers in this process; False makes an ingest-only replica."""
 
-    workers: int = Field(default=32, ge=1, le=1024)
-    """Jobs (downloads and handler runs) executed at once."""
+    download_workers: int = Field(default=32, ge=1, le=1024)
+    """Downloads run at once. A pool of their own: hung handlers can never hold a download
+    back until its signed URL dies."""
+
+    handler_workers: int = Field(default=32, ge=1, le=1024)
+    """Handler runs executed at once."""
+
+    shutdown_grace_seconds: float = Field(default=25.0, ge=0)
+    """On SIGTERM, how long running jobs may take to finish before they are handed back
+    (queued again, the attempt not counted). 25 s fits inside Kubernetes' default 30 s."""
 
     job_lease_seconds: float = Field(default=30.0, gt=0)
     """A running job is renewed at a third of this; a crashed worker's jobs return after it."""

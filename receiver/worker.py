@@ -1,25 +1,39 @@
 """The job runner: claims due jobs, downloads samples, runs handlers, retries, buries.
 
-One loop per process claims as many jobs as it has free slots and runs each in its own task;
-a job's lease is renewed while it runs, so only a crashed process's jobs ever expire. A reaper
+Downloads and handler runs have pools of their own (``RECEIVER_DOWNLOAD_WORKERS``,
+``RECEIVER_HANDLER_WORKERS``): a signed URL dies 10 minutes after the webhook, so a download
+must never wait behind handlers that hang on a chat API. Each pool claims as many due jobs of
+its kind as it has free slots, the longest due first, and runs each in its own task; a job's
+lease is renewed while it runs, so only a crashed process's jobs ever expire, and a reaper
 returns those to the queue.
+
+Every loop here survives store errors (``receiver.loops``): a locked, full or restarting store
+stops the work only until it answers again, and ``/readyz`` says so meanwhile. A job's own
+transition (done, retry, dead) is retried the same way while the job is still ours, so a store
+hiccup at the end of a handler run does not turn into a second run.
+
+Shutdown (``stop``) claims nothing more, lets running jobs finish within a grace period, then
+hands back what is left at once: queued again, its attempt not counted.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
-import random
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 
 import httpx
 
 from receiver.download import DownloadError, fetch_sample
 from receiver.events import Event, StoredImage
 from receiver.handlers import HandlerSet
+from receiver.health import Health, describe
+from receiver.loops import backoff, run_forever, watch
 from receiver.metrics import Metrics
 from receiver.settings import Settings
 from receiver.storage import Storage
@@ -30,12 +44,25 @@ log = logging.getLogger("receiver.worker")
 MAX_HANDLER_BACKOFF = 300.0
 MAX_DOWNLOAD_BACKOFF = 30.0
 MAX_DOWNLOAD_ATTEMPTS = 20
+#: Between tries of a job's own transition while the store is failing.
+MAX_SETTLE_BACKOFF = 5.0
+
+__all__ = ["Worker", "backoff"]
 
 
-def backoff(base: float, attempt: int, cap: float) -> float:
-    """Exponential backoff with jitter: about base·2^(attempt-1), never over cap."""
-    delay: float = min(cap, base * 2 ** max(attempt - 1, 0))
-    return delay * random.uniform(0.5, 1.0)  # noqa: S311 - jitter, not a secret
+@dataclass(eq=False)
+class _Pool:
+    """The slots of one job kind."""
+
+    kind: JobKind
+    capacity: int
+    running: dict[int, tuple[Job, asyncio.Task[None]]] = field(default_factory=dict)
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set when jobs of this kind may be due, or a slot was freed."""
+
+    @property
+    def free(self) -> int:
+        return self.capacity - len(self.running)
 
 
 class Worker:
@@ -48,6 +75,7 @@ class Worker:
         handlers: HandlerSet,
         client: httpx.AsyncClient,
         metrics: Metrics,
+        health: Health | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -55,66 +83,112 @@ class Worker:
         self.handlers = handlers
         self.client = client
         self.metrics = metrics
+        self.health = health if health is not None else Health()
         self.owner = f"worker-{uuid.uuid4().hex[:12]}"
-        self._running: dict[int, tuple[Job, asyncio.Task[None]]] = {}
-        self._slot_freed = asyncio.Event()
+        self._pools = {
+            JobKind.DOWNLOAD: _Pool(JobKind.DOWNLOAD, settings.download_workers),
+            JobKind.HANDLER: _Pool(JobKind.HANDLER, settings.handler_workers),
+        }
+        self._claimers: list[asyncio.Task[None]] = []
+        self._keeper: asyncio.Task[None] | None = None
 
-    async def run(self) -> None:
-        """Claim and run jobs until cancelled; then hand back what is still running."""
-        tasks = [asyncio.create_task(self._claim_loop()), asyncio.create_task(self._lease_loop())]
-        try:
-            await asyncio.gather(*tasks)
-        finally:
-            for task in tasks:
-                task.cancel()
-            await self._release_running()
+    # -- lifecycle -------------------------------------------------------------------------
 
-    async def _claim_loop(self) -> None:
-        capacity = self.settings.workers
-        while True:
-            free = capacity - len(self._running)
-            jobs = (
-                await self.store.claim(self.owner, free, self.settings.job_lease_seconds)
-                if free
-                else []
-            )
-            for job in jobs:
-                task = asyncio.create_task(self._run(job), name=f"job-{job.id}")
-                self._running[job.id] = (job, task)
-            if len(jobs) == free and free:
-                continue  # more may be due
-            if free == 0 or len(self._running) == capacity:
-                self._slot_freed.clear()
-                await self._slot_freed.wait()
-            else:
-                await self.store.wait_for_work(self.settings.poll_interval_seconds)
+    def start(self) -> None:
+        """Start claiming and keeping leases, in background tasks of the running loop."""
+        loops: list[tuple[str, Callable[[], Awaitable[None]]]] = [
+            (f"{kind.value} worker", functools.partial(self._claim_step, pool))
+            for kind, pool in self._pools.items()
+        ]
+        loops.append(("wake-ups", self._wake_step))
+        for name, step in loops:
+            task = asyncio.create_task(self._forever(name, step), name=f"receiver-{name}")
+            watch(task, name, self.health, log)
+            self._claimers.append(task)
+        self._keeper = asyncio.create_task(
+            self._forever("lease keeper", self._lease_step), name="receiver-leases"
+        )
+        watch(self._keeper, "lease keeper", self.health, log)
 
-    async def _lease_loop(self) -> None:
-        """Renew leases of running jobs and reap expired ones (other processes' crashes)."""
-        every = self.settings.job_lease_seconds / 3
-        while True:
-            await asyncio.sleep(every)
-            running = [job for job, _ in self._running.values()]
-            if running:
-                held = await self.store.renew(running, self.settings.job_lease_seconds)
-                for job in running:
-                    if job.id not in held and job.id in self._running:
-                        log.warning("lost the lease of job %s; cancelling it", job.id)
-                        self._running[job.id][1].cancel()
-            await self.store.reap()
-
-    async def _release_running(self) -> None:
-        """On shutdown, stop running jobs and queue them again at once, not after the lease."""
-        running = list(self._running.values())
-        for _, task in running:
+    async def stop(self, grace: float) -> None:
+        """Claim nothing more; give running jobs ``grace`` seconds; hand back the rest."""
+        for task in self._claimers:
             task.cancel()
-        for job, task in running:
+        await asyncio.gather(*self._claimers, return_exceptions=True)
+        self._claimers.clear()
+        running = [task for pool in self._pools.values() for _, task in pool.running.values()]
+        if running:
+            log.info("shutting down: waiting up to %.0f s for %d job(s)", grace, len(running))
+            # Leases are still renewed meanwhile, so no other replica takes these jobs.
+            _, late = await asyncio.wait(running, timeout=grace)
+            if late:
+                log.warning("shutting down: handing back %d unfinished job(s)", len(late))
+            await self._hand_back()
+        if self._keeper is not None:
+            self._keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._keeper
+            self._keeper = None
+
+    async def _hand_back(self) -> None:
+        jobs = [entry for pool in self._pools.values() for entry in pool.running.values()]
+        for _, task in jobs:
+            task.cancel()
+        for job, task in jobs:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-            with contextlib.suppress(Exception):
-                await self.store.retry(job, "receiver shut down while running", 0)
+            try:
+                await self.store.release(job, "handed back unfinished at shutdown")
+            except Exception as exc:  # the lease will expire and the reaper hands it back
+                log.warning("could not hand back job %s: %s", job.id, describe(exc))
 
-    async def _run(self, job: Job) -> None:
+    async def _forever(self, name: str, step: Callable[[], Awaitable[None]]) -> None:
+        await run_forever(name, step, health=self.health, log=log)
+
+    # -- the loops ---------------------------------------------------------------------------
+
+    async def _claim_step(self, pool: _Pool) -> None:
+        # Clear before claiming: a wake-up that comes while the claim runs stays set.
+        pool.wake.clear()
+        free = pool.free
+        if free > 0:
+            jobs = await self.store.claim(
+                self.owner, free, self.settings.job_lease_seconds, kind=pool.kind
+            )
+            for job in jobs:
+                task = asyncio.create_task(self._run(pool, job), name=f"job-{job.id}")
+                pool.running[job.id] = (job, task)
+            if len(jobs) == free:
+                return  # all taken: more may be due
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.settings.poll_interval_seconds):
+                await pool.wake.wait()
+
+    async def _wake_step(self) -> None:
+        """Turn the store's wake-ups (new jobs here or on a replica) into each pool's."""
+        await self.store.wait_for_work(self.settings.poll_interval_seconds)
+        for pool in self._pools.values():
+            pool.wake.set()
+
+    async def _lease_step(self) -> None:
+        """Renew leases of running jobs and reap expired ones (other processes' crashes)."""
+        await asyncio.sleep(self.settings.job_lease_seconds / 3)
+        running = {
+            job_id: entry for pool in self._pools.values() for job_id, entry in pool.running.items()
+        }
+        if running:
+            held = await self.store.renew(
+                [job for job, _ in running.values()], self.settings.job_lease_seconds
+            )
+            for job_id, (job, task) in running.items():
+                if job_id not in held and not task.done():
+                    log.warning("lost the lease of job %s; cancelling it", job.id)
+                    task.cancel()
+        await self.store.reap()
+
+    # -- one job -----------------------------------------------------------------------------
+
+    async def _run(self, pool: _Pool, job: Job) -> None:
         try:
             if job.kind is JobKind.DOWNLOAD:
                 await self._download(job)
@@ -122,18 +196,41 @@ class Worker:
                 await self._handle(job)
         except asyncio.CancelledError:
             raise
-        except Exception:
-            log.exception("job %s crashed in the worker itself", job.id)
-            with contextlib.suppress(Exception):
-                await self.store.retry(job, "internal error (see logs)", 5.0)
+        except Exception as exc:
+            log.exception("job %s failed in the worker itself", job.id)
+            reason = f"internal error: {describe(exc)}"
+            await self._settle(job, "retry", lambda: self.store.retry(job, reason, 5.0))
         finally:
-            self._running.pop(job.id, None)
-            self._slot_freed.set()
+            pool.running.pop(job.id, None)
+            pool.wake.set()
+
+    async def _settle(self, job: Job, what: str, transition: Callable[[], Awaitable[bool]]) -> None:
+        """Apply a job's transition, trying again while the store fails.
+
+        The job stays in its pool meanwhile, so the lease keeper renews its lease; if the lease
+        is lost after all (the store was gone for longer than the lease), the keeper cancels
+        this, and the fenced transition could not have applied anyway.
+        """
+        failures = 0
+        while True:
+            try:
+                await transition()
+            except Exception as exc:
+                failures += 1
+                self.health.fail("job results", describe(exc))
+                log.warning(
+                    "job %s: cannot record %s yet (%s); trying again", job.id, what, describe(exc)
+                )
+                await asyncio.sleep(backoff(0.5, failures, MAX_SETTLE_BACKOFF))
+                continue
+            if failures:
+                self.health.ok("job results")
+            return
 
     async def _download(self, job: Job) -> None:
         event = await self.store.get_event(job.task_id)
         if event is None or not event.sample_url:
-            await self.store.bury(job, "event has no sample URL")
+            await self._settle(job, "dead", lambda: self.store.bury(job, "event has no sample URL"))
             return
         deadline = event.deadline or (event.received_at + self.settings.sample_ttl_seconds)
         started = time.monotonic()
@@ -154,7 +251,15 @@ class Worker:
         )
         image = ImageRecord(blob.location, blob.content_type, blob.size, blob.sha256)
         names = self.handlers.names_for(event.status)
-        if await self.store.complete_download(job, image, names):
+        stored = False
+
+        async def complete() -> bool:
+            nonlocal stored
+            stored = await self.store.complete_download(job, image, names)
+            return stored
+
+        await self._settle(job, "the stored image", complete)
+        if stored:
             self.metrics.downloads.labels("ok").inc()
             self.metrics.download_bytes.inc(got.size)
             self.metrics.download_seconds.observe(time.monotonic() - started)
@@ -174,49 +279,64 @@ class Worker:
             )
             log.warning("task %s: download dead: %s", job.task_id, reason)
             self.metrics.downloads.labels("dead").inc()
-            await self.store.bury(job, reason)
+            await self._settle(job, "dead", lambda: self.store.bury(job, reason))
         else:
+            log.info("task %s: download failed, retrying in %.1f s: %s", job.task_id, delay, exc)
             self.metrics.downloads.labels("retry").inc()
-            await self.store.retry(job, exc.reason, delay)
+            await self._settle(job, "retry", lambda: self.store.retry(job, exc.reason, delay))
 
     async def _handle(self, job: Job) -> None:
         handler = self.handlers.get(job.handler)
         if handler is None:
-            await self.store.bury(job, f"handler {job.handler!r} is not configured here")
+            reason = f"handler {job.handler!r} is not configured here"
+            await self._settle(job, "dead", lambda: self.store.bury(job, reason))
             return
         if job.attempts > self.settings.handler_max_attempts:
             # Claimed again and again without finishing: its runs keep killing the process.
-            await self.store.bury(job, "lease expired on every attempt (did the process crash?)")
+            reason = "lease expired on every attempt (did the process crash?)"
+            await self._settle(job, "dead", lambda: self.store.bury(job, reason))
             return
         record = await self.store.get_event(job.task_id)
         if record is None:
-            await self.store.bury(job, "the event was pruned")
+            await self._settle(job, "dead", lambda: self.store.bury(job, "the event was pruned"))
             return
         event = self._event(record, job)
         try:
             async with asyncio.timeout(self.settings.handler_timeout_seconds):
                 await handler(event)
         except Exception as exc:
-            error = f"{type(exc).__name__}: {exc}"[:2000]
-            if job.attempts >= self.settings.handler_max_attempts:
-                log.warning(
-                    "task %s: handler %s dead after %d attempts: %s",
-                    job.task_id,
-                    job.handler,
-                    job.attempts,
-                    error,
-                )
-                self.metrics.handler_runs.labels(job.handler, "dead").inc()
-                await self.store.bury(job, error)
-            else:
-                delay = backoff(
-                    self.settings.handler_backoff_seconds, job.attempts, MAX_HANDLER_BACKOFF
-                )
-                self.metrics.handler_runs.labels(job.handler, "retry").inc()
-                await self.store.retry(job, error, delay)
+            await self._handler_failed(job, exc)
             return
         self.metrics.handler_runs.labels(job.handler, "ok").inc()
-        await self.store.complete(job)
+        await self._settle(job, "done", lambda: self.store.complete(job))
+
+    async def _handler_failed(self, job: Job, exc: Exception) -> None:
+        if isinstance(exc, TimeoutError):
+            error = f"timed out after {self.settings.handler_timeout_seconds:g} s"
+        else:
+            error = f"{type(exc).__name__}: {exc}"[:2000]
+        if job.attempts >= self.settings.handler_max_attempts:
+            log.warning(
+                "task %s: handler %s dead after %d attempts: %s",
+                job.task_id,
+                job.handler,
+                job.attempts,
+                error,
+            )
+            self.metrics.handler_runs.labels(job.handler, "dead").inc()
+            await self._settle(job, "dead", lambda: self.store.bury(job, error))
+            return
+        delay = backoff(self.settings.handler_backoff_seconds, job.attempts, MAX_HANDLER_BACKOFF)
+        log.info(
+            "task %s: handler %s failed (attempt %d), retrying in %.1f s: %s",
+            job.task_id,
+            job.handler,
+            job.attempts,
+            delay,
+            error,
+        )
+        self.metrics.handler_runs.labels(job.handler, "retry").inc()
+        await self._settle(job, "retry", lambda: self.store.retry(job, error, delay))
 
     def _event(self, record: EventRecord, job: Job) -> Event:
         image = None
