@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable
 import httpx
 
 from receiver.download import DownloadError, fetch_sample
-from receiver.events import Event, StoredImage
+from receiver.events import Event, StoredImage, TaskKind
 from receiver.handlers import HandlerSet
 from receiver.metrics import Metrics
 from receiver.settings import Settings
@@ -237,6 +237,8 @@ class Worker:
             attempt=job.attempts,
             idempotency_key=f"{record.task_id}:{job.handler}",
             error=record.error,
+            # A finetune's task id is its finetune id (BFL: get_result?id=<finetune_id>).
+            finetune_id=record.task_id if record.task_kind is TaskKind.FINETUNE else None,
         )
 
 
