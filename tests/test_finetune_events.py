@@ -14,6 +14,7 @@ from PIL import Image
 
 import receiver
 from receiver import Event
+from receiver import Settings as ReceiverSettings
 from receiver.events import Status
 from receiver.handlers import HandlerSet
 from receiver.reconciler import finetune_backoff
@@ -45,7 +46,7 @@ def selective(kinds: tuple[str, ...] | None, recorder: Recorder) -> receiver.Han
 class Stage:
     api: str
     receiver: Receiver
-    receiver_settings: receiver.Settings
+    receiver_settings: ReceiverSettings
     finetunes: Recorder
     """``@on("finetune")``"""
     everything: Recorder
