@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from receiver.store import Store
+from receiver.store.base import FINETUNE_ENDPOINT
 from submitter._api import Api
 from submitter._endpoints import check_metadata, validate_with
 from submitter._errors import APIStatusError, ValidationError
@@ -22,8 +23,8 @@ from submitter._training import RegionBook, check_zip, training_zip
 from submitter._types import Task
 from submitter.models import FinetuneInputs
 
-#: The endpoint, and the submissions' endpoint the receiver knows a finetune by.
-FINETUNE = "finetune"
+#: The endpoint, which is also the submissions' endpoint the receiver knows a training by.
+FINETUNE = FINETUNE_ENDPOINT
 #: Where a finetune is trained when no region is asked for (the docs' examples use us1).
 DEFAULT_REGION = "us1"
 

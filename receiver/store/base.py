@@ -45,11 +45,11 @@ FINETUNE_ENDPOINT = "finetune"
 
 
 def names_finetune(notice: Notice) -> bool:
-    """True when the notice itself says it is about a finetune: BFL's and the sandbox's
-    get_result of a training answer ``result: {"finetune_id": ...}`` and no sample."""
+    """True when the notice itself says it is about a training: ``result: {"finetune_id"}``
+    and no sample, as the sandbox's get_result and webhook of a training have it (BFL's are
+    not documented). A result with a sample is an image, finetuned inference included."""
     result = notice.payload.get("result")
-    in_result = isinstance(result, dict) and "finetune_id" in result and "sample" not in result
-    return in_result or isinstance(notice.payload.get("finetune_id"), str)
+    return isinstance(result, dict) and "finetune_id" in result and "sample" not in result
 
 
 class JobKind(StrEnum):
