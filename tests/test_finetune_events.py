@@ -3,6 +3,7 @@ trains → one finetune event, by webhook or, when none comes, by the reconciler
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -228,3 +229,31 @@ def test_finetune_backoff_is_fitted_to_hours() -> None:
     assert finetune_backoff(30 * minute, 60.0) == 10 * minute  # a third of the age
     assert finetune_backoff(60 * minute, 60.0) == 20 * minute
     assert finetune_backoff(5 * 60 * minute, 60.0) == 30 * minute  # never later than 30
+
+
+def test_a_refused_training_leaves_no_submission(tmp_path: Path) -> None:
+    database = tmp_path / "receiver.db"
+    with stage(tmp_path, f"sqlite:///{database}", reconcile_after=60.0) as st:
+        out = cli(
+            st.env(tmp_path),
+            "finetune",
+            "create",
+            str(training_folder(tmp_path / "mydog")),
+            "--mode",
+            "character",
+            "--comment",
+            "mydog [sandbox:no-such-fault]",  # the sandbox answers 422
+            "-m",
+            "chat_id=1",
+        )
+        assert out.exit_code == 3, out.output
+        with sqlite3.connect(database) as db:
+            assert db.execute("SELECT count(*) FROM submissions").fetchone() == (0,)
+        db.close()
+        again = tmp_path / "again"
+        again.mkdir()
+        create_finetune(st, again, "mydog")  # one that is taken is recorded
+        with sqlite3.connect(database) as db:
+            rows = db.execute("SELECT endpoint, task_id IS NOT NULL FROM submissions").fetchall()
+        db.close()
+        assert rows == [("finetune", 1)]
