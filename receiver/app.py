@@ -186,7 +186,11 @@ async def webhook(request: Request) -> Response:
     )
     try:
         outcome = await rt.store.record(
-            notice, deadline=deadline, handlers=rt.handlers.names_for(notice.status), ref=ref
+            notice,
+            deadline=deadline,
+            handlers=rt.handlers.names_for(notice.status),
+            ref=ref,
+            finetune_handlers=rt.handlers.names_for(notice.status, finetune=True),
         )
     except ForeignReference:
         # Checked inside the recording transaction: no extra round trip per webhook.

@@ -30,7 +30,15 @@ class Status(StrEnum):
         return self.kind in ("ready", "error", "moderated")
 
 
-Kind = Literal["ready", "error", "moderated", "pending", "unknown"]
+Kind = Literal["ready", "error", "moderated", "pending", "unknown", "finetune"]
+
+
+class TaskKind(StrEnum):
+    """What a task is: a generation (an image to download) or a finetune's training (none)."""
+
+    GENERATION = "generation"
+    FINETUNE = "finetune"
+
 
 _KINDS: dict[Status, Kind] = {
     Status.READY: "ready",
@@ -75,7 +83,12 @@ class Event:
     """Stable for one (task, handler): use it to make your side effects happen once."""
     error: str | None = None
     """BFL's error text for failed tasks, when it sent one."""
+    finetune_id: str | None = None
+    """Set on a finetune event (a training ended): the finetune's id, which is also its
+    ``task_id``; None for generations."""
 
     @property
     def kind(self) -> Kind:
-        return self.status.kind
+        """``"finetune"`` for a finetune event (whatever its status: see ``status``), else the
+        status's kind: ``"ready"``, ``"error"`` or ``"moderated"``."""
+        return "finetune" if self.finetune_id is not None else self.status.kind

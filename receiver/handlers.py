@@ -6,7 +6,7 @@ import importlib
 import inspect
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from importlib.metadata import entry_points
-from typing import TypeVar, cast
+from typing import Protocol, TypeVar, cast
 
 from receiver.events import Event, Kind, Status
 
@@ -15,7 +15,7 @@ H = TypeVar("H", bound=Handler)
 
 ENTRY_POINT_GROUP = "bfl_hooks.handlers"
 _KINDS_ATTR = "__bfl_hooks_kinds__"
-_SELECTABLE = {"ready", "error", "moderated", "*"}
+_SELECTABLE = {"ready", "error", "moderated", "finetune", "*"}
 
 
 class HandlerError(Exception):
@@ -24,7 +24,9 @@ class HandlerError(Exception):
 
 def on(*kinds: str) -> Callable[[H], H]:
     """Run the decorated handler only for these kinds: ``"ready"``, ``"error"``,
-    ``"moderated"`` or ``"*"`` (every terminal event, the default for undecorated handlers)."""
+    ``"moderated"`` (generations), ``"finetune"`` (a finetune's training ended, however it
+    ended) or ``"*"`` (every terminal event, finetunes included: the default for undecorated
+    handlers)."""
     unknown = set(kinds) - _SELECTABLE
     if not kinds or unknown:
         raise ValueError(f"on() takes some of {sorted(_SELECTABLE)}, got {sorted(unknown)}")
@@ -41,22 +43,30 @@ def wants(handler: Handler, kind: Kind) -> bool:
     return "*" in kinds or kind in kinds
 
 
+class NamesFor(Protocol):
+    """``HandlerSet.names_for``: the handlers an event of this status (and task kind) needs."""
+
+    def __call__(self, status: Status, *, finetune: bool = False) -> list[str]: ...
+
+
 class HandlerSet:
     """The handlers this receiver runs, by name."""
 
     def __init__(self, handlers: Mapping[str, Handler]) -> None:
         self.handlers = dict(handlers)
-        # Asked on every webhook: work it out once per status.
-        self._names = {
-            status: sorted(n for n, h in self.handlers.items() if wants(h, status.kind))
-            if status.terminal
-            else []
-            for status in Status
-        }
+        # Asked on every webhook: work it out once per status (and once for finetunes).
+        self._names = {status: self._wanting(status, status.kind) for status in Status}
+        self._finetune_names = {status: self._wanting(status, "finetune") for status in Status}
 
-    def names_for(self, status: Status) -> list[str]:
-        """Handlers that want an event of this status, in a stable order."""
-        return self._names[status]
+    def _wanting(self, status: Status, kind: Kind) -> list[str]:
+        if not status.terminal:
+            return []
+        return sorted(n for n, h in self.handlers.items() if wants(h, kind))
+
+    def names_for(self, status: Status, *, finetune: bool = False) -> list[str]:
+        """Handlers that want an event of this status, in a stable order; with ``finetune``,
+        those that want a finetune event (``on("finetune")`` and ``"*"``) of this status."""
+        return (self._finetune_names if finetune else self._names)[status]
 
     def get(self, name: str) -> Handler | None:
         return self.handlers.get(name)

@@ -2,6 +2,8 @@
 
 Shape A (BFL docs' get_result): ``{"id", "status": "Ready", "result": {"sample", ...}}``.
 Shape B (seen in public receivers): ``{"task_id", "status": "SUCCESS", "result", "error"}``.
+BFL's webhook guide adds ``timestamp`` (ISO 8601; kept in the payload as sent) and, on
+failure, ``error`` (a code) with ``message`` (the text kept as the event's error).
 """
 
 from __future__ import annotations
@@ -75,7 +77,9 @@ def notice_from_payload(payload: dict[str, Any], *, raw: str | None = None) -> N
     status = parse_status(raw_status)
     result = payload.get("result")
     sample = result.get("sample") if isinstance(result, dict) else None
-    error = payload.get("error") or payload.get("details")
+    # BFL's webhook guide sends failures as {"error": <code>, "message": <text>, "timestamp"}:
+    # the message is what a person can read, so it is the event's error text.
+    error = payload.get("message") or payload.get("error") or payload.get("details")
     return Notice(
         task_id=task_id,
         status=status,

@@ -6,6 +6,10 @@ terminal event after ``RECEIVER_RECONCILE_AFTER`` seconds is polled at its ``pol
 on BFL's API hosts or the configured ``BFL_API_URL``: the key goes nowhere else), with backoff,
 until it ends; the result enters the same pipeline as a webhook, so a webhook arriving later is
 a duplicate.
+
+A finetune's training (a submission to the ``finetune`` endpoint) is polled the same way, at the
+``polling_url`` the submitter recorded for it (get_result on the finetune's legacy regional
+host), but on a clock fitted to hours: see ``finetune_backoff``.
 """
 
 from __future__ import annotations
@@ -13,18 +17,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
 
 import httpx
 
 from receiver.download import host_allowed, url_deadline
 from receiver.events import Status
+from receiver.handlers import NamesFor
 from receiver.health import Health
 from receiver.loops import run_forever
 from receiver.metrics import Metrics
 from receiver.payload import PayloadError, notice_from_payload
 from receiver.settings import Settings
 from receiver.store import RecordOutcome, Store, Submission
+from receiver.store.base import FINETUNE_ENDPOINT
 
 log = logging.getLogger("receiver.reconciler")
 
@@ -43,6 +48,25 @@ def poll_backoff(polls: int) -> float:
     return delay
 
 
+#: A finetune trains for minutes to hours, so polling it every few seconds would waste requests:
+#: it is first polled after RECEIVER_RECONCILE_AFTER like any task (which catches a training
+#: that failed at once), then again after a third of its age so far, never sooner than
+#: FINETUNE_MIN_FACTOR and never later than FINETUNE_MAX_FACTOR times RECEIVER_RECONCILE_AFTER.
+#: With the default 60 s: polls 5 minutes apart for the first quarter hour, then 10 minutes
+#: apart at half an hour, 20 at an hour, and every 30 minutes from 1.5 hours on (about ten
+#: polls for a one-hour training). The end is seen at most a third of the training time late,
+#: or at once when its webhook comes.
+FINETUNE_MIN_FACTOR = 5.0
+FINETUNE_MAX_FACTOR = 30.0
+
+
+def finetune_backoff(age: float, reconcile_after: float) -> float:
+    """Seconds until the next poll of a finetune that has been training ``age`` seconds."""
+    return min(
+        FINETUNE_MAX_FACTOR * reconcile_after, max(FINETUNE_MIN_FACTOR * reconcile_after, age / 3)
+    )
+
+
 class Reconciler:
     def __init__(
         self,
@@ -51,7 +75,7 @@ class Reconciler:
         store: Store,
         client: httpx.AsyncClient,
         metrics: Metrics,
-        handlers_for: Callable[[Status], list[str]],
+        handlers_for: NamesFor,
         health: Health | None = None,
     ) -> None:
         self.settings = settings
@@ -101,13 +125,13 @@ class Reconciler:
             notice = notice_from_payload(payload)
         except (httpx.HTTPError, ValueError) as exc:
             log.warning("polling task %s failed: %s", sub.task_id, type(exc).__name__)
-            await self.store.reconciled(sub.ref, poll_backoff(sub.polls))
+            await self.store.reconciled(sub.ref, self._next_poll(sub))
             return "error"
         final = notice.status.terminal and (
             notice.status is not Status.TASK_NOT_FOUND or sub.polls + 1 >= NOT_FOUND_POLLS
         )
         if not final:
-            await self.store.reconciled(sub.ref, poll_backoff(sub.polls))
+            await self.store.reconciled(sub.ref, self._next_poll(sub))
             return "pending"
         deadline = None
         if notice.sample_url:
@@ -119,9 +143,17 @@ class Reconciler:
             deadline=deadline,
             handlers=self.handlers_for(notice.status),
             ref=sub.ref,
+            finetune_handlers=self.handlers_for(notice.status, finetune=True),
         )
         await self.store.reconciled(sub.ref, MAX_POLL_BACKOFF)
         if outcome is RecordOutcome.NEW:
             log.info("task %s finished by polling (no webhook came)", sub.task_id)
             return "recovered"
         return "already_final"
+
+    def _next_poll(self, sub: Submission) -> float:
+        """Seconds until ``sub`` is polled again while it is still running (or unreadable)."""
+        if sub.endpoint == FINETUNE_ENDPOINT:
+            age = max(0.0, time.time() - sub.submitted_at)
+            return finetune_backoff(age, self.settings.reconcile_after)
+        return poll_backoff(sub.polls)

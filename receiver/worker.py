@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 import httpx
 
 from receiver.download import DownloadError, fetch_sample
-from receiver.events import Event, StoredImage
+from receiver.events import Event, StoredImage, TaskKind
 from receiver.handlers import HandlerSet
 from receiver.health import Health, describe
 from receiver.loops import backoff, run_forever, watch
@@ -357,6 +357,8 @@ class Worker:
             attempt=job.attempts,
             idempotency_key=f"{record.task_id}:{job.handler}",
             error=record.error,
+            # A finetune's task id is its finetune id (BFL: get_result?id=<finetune_id>).
+            finetune_id=record.task_id if record.task_kind is TaskKind.FINETUNE else None,
         )
 
 

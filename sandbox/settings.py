@@ -45,10 +45,12 @@ class SandboxSettings(BaseSettings):
     """Also send ``X-BFL-Signature: sha256=<HMAC of the body with webhook_secret>``."""
 
     webhook_retry_delays: FloatList = (1.0, 5.0, 30.0)
-    """Seconds to wait before each retry of a failed webhook (one retry per entry)."""
+    """Seconds to wait before each retry of a failed webhook (one retry per entry); BFL's
+    webhook guide: 1, 5 and 30 s, then the webhook is abandoned."""
 
-    webhook_timeout_seconds: float = Field(default=10.0, gt=0)
-    """Per attempt; a receiver slower than this counts as failed."""
+    webhook_timeout_seconds: float = Field(default=30.0, gt=0)
+    """Per attempt: a receiver that has not answered 2xx within this counts as failed (BFL's
+    webhook guide: respond within 30 s)."""
 
     webhook_on_failure: bool = True
     """Send webhooks for Error and moderated tasks too, not only Ready ones."""

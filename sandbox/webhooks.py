@@ -2,7 +2,8 @@
 
 Headers: ``X-Webhook-Secret: <webhook_secret>`` as BFL documents, and with
 ``sign_webhooks`` also ``X-BFL-Signature``, made by the receiver's own ``sign``.
-A delivery is an attempt plus one retry per ``webhook_retry_delays`` entry; any 2xx ends it.
+A delivery is an attempt plus one retry per ``webhook_retry_delays`` entry (BFL's webhook
+guide: 1, 5 and 30 s); any 2xx within ``webhook_timeout_seconds`` (the guide: 30 s) ends it.
 Redirects are not followed: a 3xx must not lead a webhook off the allowlist.
 """
 
@@ -53,7 +54,14 @@ async def notify(runtime: Runtime, task: Task) -> None:
     body = json.dumps(webhook_body(runtime, task)).encode()
     headers = webhook_headers(task, body, settings.sign_webhooks)
     for _ in range(2 if "duplicate-webhook" in task.faults else 1):
-        await deliver(runtime.client, task, body, headers, settings.webhook_retry_delays)
+        await deliver(
+            runtime.client,
+            task,
+            body,
+            headers,
+            settings.webhook_retry_delays,
+            timeout=settings.webhook_timeout_seconds,
+        )
 
 
 async def deliver(
@@ -62,13 +70,21 @@ async def deliver(
     body: bytes,
     headers: dict[str, str],
     retry_delays: tuple[float, ...],
+    *,
+    timeout: float,  # noqa: ASYNC109 - bounds each attempt, not the whole delivery
 ) -> bool:
-    """POST ``body`` until a 2xx or the retries run out; True when it was taken."""
+    """POST ``body`` until a 2xx or the retries run out; True when it was taken.
+
+    An attempt fails when no 2xx has come ``timeout`` seconds after it began, however the
+    time went (connecting, a slow answer, a body trickling in)."""
     assert task.webhook_url is not None
     for attempt, delay in enumerate((0.0, *retry_delays), start=1):
         await asyncio.sleep(delay)
         try:
-            response = await client.post(task.webhook_url, content=body, headers=headers)
+            async with asyncio.timeout(timeout):
+                response = await client.post(task.webhook_url, content=body, headers=headers)
+        except TimeoutError:
+            outcome = f"attempt {attempt}: no answer within {timeout:g} s"
         except httpx.HTTPError as exc:
             outcome = f"attempt {attempt}: {type(exc).__name__}"
         else:

@@ -45,9 +45,10 @@ from submitter._cli_support import (
     load_settings,
     run,
 )
-from submitter._client import BFL, certainly_refused
+from submitter._client import BFL
 from submitter._endpoints import IMAGE_FIELDS
 from submitter._errors import AuthError, BFLError, OutOfCredits, ValidationError
+from submitter._http import certainly_refused
 from submitter._images import encode_image
 
 #: When several kinds of failure happened, the exit code names the most actionable.

@@ -56,6 +56,14 @@ def finetune() -> None:
     callback=parse_pairs,
     help="Any other field of the finetune request.",
 )
+@click.option(
+    "--metadata",
+    "-m",
+    multiple=True,
+    metavar="KEY=VALUE",
+    callback=parse_pairs,
+    help='Attach to the training; on("finetune") handlers see it as event.metadata.',
+)
 @click.option("--wait", is_flag=True, help="Poll until training ends.")
 @click.option(
     "--timeout",
@@ -79,12 +87,14 @@ def create(
     lora_rank: str | None,
     region: str | None,
     params: dict[str, Any],
+    metadata: dict[str, Any],
     wait: bool,
     timeout: float,
     as_json: bool,
 ) -> None:
     """Train a finetune on SOURCE: a folder of 1-20 images (jpg, jpeg, png, webp; captions in
-    same-named .txt files), zipped here, or such a ZIP."""
+    same-named .txt files), zipped here, or such a ZIP. With RECEIVER_WEBHOOK_SECRET set, the
+    training is recorded and its end reaches the receiver's on("finetune") handlers."""
     settings = load_settings()
     named = {
         "iterations": iterations,
@@ -98,13 +108,14 @@ def create(
     default_region = {"eu": "eu1"}.get(settings.region, "us1")
 
     async def work() -> None:
-        async with client(settings, submitting=False) as bfl:
+        async with client(settings) as bfl:
             task = await bfl.finetunes.create(
                 source,
                 mode=mode,
                 comment=comment,
                 trigger_word=trigger_word,
                 region=region or default_region,
+                metadata=metadata,
                 **extra,
             )
             if not as_json:

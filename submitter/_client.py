@@ -15,7 +15,6 @@ from typing import Any, Self
 import httpx
 
 from receiver.store import Store, open_store
-from receiver.verify import derive_secret
 from submitter._api import Api
 from submitter._endpoints import (
     IMAGE_FIELDS,
@@ -28,12 +27,11 @@ from submitter._errors import (
     APIStatusError,
     BFLError,
     TaskFailed,
-    TransportError,
     ValidationError,
     WaitTimeout,
 )
 from submitter._finetunes import Finetunes
-from submitter._http import API_TIMEOUT, NOT_SENT, RetryPolicy, Sender
+from submitter._http import API_TIMEOUT, RetryPolicy, Sender, certainly_refused
 from submitter._images import ImageInput, encode_image
 from submitter._limits import Gate
 from submitter._settings import (
@@ -128,7 +126,14 @@ class BFL:
             raise
         self._api = Api(Sender(self._client, self._policy), self.connection)
         self._gate = Gate(self._store, refresh=self._refresh, max_wait=self._max_slot_wait)
-        self._finetunes = Finetunes(self._api, self.settings.data_dir / "finetunes.json")
+        self._finetunes = Finetunes(
+            self._api,
+            self.settings.data_dir / "finetunes.json",
+            store=self._store,
+            # BFL_FINETUNE_WEBHOOK=false: trainings are still recorded, and polled.
+            webhook=self.webhook if self.settings.finetune_webhook else None,
+            per_task_secret=self.per_task_secret,
+        )
         return self
 
     async def __aexit__(
@@ -243,13 +248,7 @@ class BFL:
         store = self._store
         ref = ref or secrets.token_urlsafe(16)
         if self.webhook is not None and "webhook_url" not in sent:
-            master = self.webhook.master.get_secret_value()
-            if self.per_task_secret:
-                sent["webhook_url"] = f"{self.webhook.url}?ref={ref}"
-                sent["webhook_secret"] = derive_secret(master, ref)
-            else:
-                sent["webhook_url"] = self.webhook.url
-                sent["webhook_secret"] = master
+            sent.update(self.webhook.fields(ref, per_task=self.per_task_secret))
             sent = validate_body(endpoint, sent)  # the URL too must fit (2083 characters)
         gate = self._gate
         assert gate is not None
@@ -365,19 +364,6 @@ class BFL:
                 await self.result(task)
             except BFLError as exc:
                 log.debug("polling %s to free a slot failed: %s", task.id, exc)
-
-
-def certainly_refused(exc: BaseException) -> bool:
-    """True when the POST certainly created no task, so its recorded submission can go.
-
-    A 5xx, a read timeout or a cancellation may come after BFL created (and charged) the task:
-    then the submission stays, and the webhook (which carries its reference) still finds it.
-    """
-    if isinstance(exc, APIStatusError):
-        return exc.status_code < 500 and exc.status_code != 200
-    if isinstance(exc, TransportError):
-        return isinstance(exc.__cause__, NOT_SENT)
-    return isinstance(exc, ValidationError)
 
 
 def _number(value: object) -> float | None:

@@ -6,30 +6,53 @@ import asyncio
 import base64
 import builtins
 import os
+import secrets
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from receiver.store import Store
+from receiver.store.base import FINETUNE_ENDPOINT
 from submitter._api import Api
-from submitter._endpoints import validate_with
+from submitter._endpoints import check_metadata, validate_with
 from submitter._errors import APIStatusError, ValidationError
-from submitter._settings import LEGACY_REGIONS
+from submitter._http import certainly_refused
+from submitter._settings import LEGACY_REGIONS, Webhook
 from submitter._training import RegionBook, check_zip, training_zip
 from submitter._types import Task
 from submitter.models import FinetuneInputs
 
-FINETUNE = "finetune"
+#: The endpoint, which is also the submissions' endpoint the receiver knows a training by.
+FINETUNE = FINETUNE_ENDPOINT
 #: Where a finetune is trained when no region is asked for (the docs' examples use us1).
 DEFAULT_REGION = "us1"
 
 
 class Finetunes:
-    """``bfl.finetunes``: create, list, details, delete; each finetune's region remembered."""
+    """``bfl.finetunes``: create, list, details, delete; each finetune's region remembered.
 
-    def __init__(self, api: Api, book: Path, default_region: str = DEFAULT_REGION) -> None:
+    With a store (webhooks configured), ``create`` records the training as a submission, as
+    generations are, so the receiver hands its end to ``on("finetune")`` handlers with the
+    metadata: by webhook when ``webhook`` is given (and BFL sends one), else by polling.
+    """
+
+    def __init__(
+        self,
+        api: Api,
+        book: Path,
+        default_region: str = DEFAULT_REGION,
+        *,
+        store: Store | None = None,
+        webhook: Webhook | None = None,
+        per_task_secret: bool = True,
+    ) -> None:
         self.api = api
         self.book = RegionBook(book)
         self.default_region = default_region
+        self.store = store
+        self.webhook = webhook
+        self.per_task_secret = per_task_secret
 
     async def create(
         self,
@@ -39,14 +62,17 @@ class Finetunes:
         comment: str | None = None,
         trigger_word: str = "TOK",
         region: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
         **params: Any,
     ) -> Task:
         """Train a finetune on ``source``: a folder (zipped here), a ZIP file or ZIP bytes.
 
         The training set is checked first: 1-20 jpg/jpeg/png/webp images, captions as
-        same-named ``.txt`` files. Training is not webhooked (it yields no image); follow it
-        with ``details`` or ``wait`` on the returned task.
+        same-named ``.txt`` files. With a store, the training is recorded with ``metadata``
+        and its end reaches the receiver's ``on("finetune")`` handlers (webhook or polling);
+        ``details`` or ``wait`` on the returned task follow it from here.
         """
+        meta = check_metadata(metadata)
         region = _legacy(region or self.default_region)
         if comment is None:
             comment = Path(source).stem if not isinstance(source, bytes) else "bfl-hooks"
@@ -63,19 +89,38 @@ class Finetunes:
         else:
             archive = await asyncio.to_thread(training_zip, Path(source))
         body["file_data"] = base64.b64encode(archive).decode("ascii")
+        ref = secrets.token_urlsafe(16)
+        if self.webhook is not None and "webhook_url" not in body:
+            body.update(self.webhook.fields(ref, per_task=self.per_task_secret))
         sent = validate_with(FinetuneInputs, FINETUNE, body)
-        # Not retried on 5xx: a second POST would train (and charge) a second finetune.
-        answer = await self.api.post(self.api.url(FINETUNE, region), sent, idempotent=False)
-        finetune_id = answer.get("finetune_id") or answer.get("id")
-        if not isinstance(finetune_id, str) or not finetune_id:
-            raise APIStatusError("POST /v1/finetune: the answer has no finetune id", 200)
+        store = self.store
+        if store is not None:
+            await store.prepare_submission(ref, FINETUNE, meta)
+        try:
+            # Not retried on 5xx: a second POST would train (and charge) a second finetune.
+            answer = await self.api.post(self.api.url(FINETUNE, region), sent, idempotent=False)
+            finetune_id = answer.get("finetune_id") or answer.get("id")
+            if not isinstance(finetune_id, str) or not finetune_id:
+                raise APIStatusError("POST /v1/finetune: the answer has no finetune id", 200)
+        except BaseException as exc:
+            if store is not None and certainly_refused(exc):
+                await store.forget_submission(ref)
+            raise
         self.book.put(finetune_id, region)
         polling_url = answer.get("polling_url")
+        if not isinstance(polling_url, str) or not polling_url:
+            # BFL's docs poll a training at get_result on its own legacy host.
+            polling_url = f"{self.api.url('get_result', region)}?id={finetune_id}"
+        if store is not None:
+            await store.bind_submission(ref, finetune_id, polling_url)
         return Task(
             id=finetune_id,
             endpoint=FINETUNE,
-            polling_url=polling_url if isinstance(polling_url, str) else None,
+            polling_url=polling_url,
+            ref=ref if store is not None else None,
+            metadata=meta,
             submitted_at=time.time(),
+            webhook="webhook_url" in sent,
             region=region,
         )
 

@@ -184,3 +184,16 @@ class Sender:
                 except httpx.TransportError as exc:
                     raise TransportError(f"{what}: {type(exc).__name__}: {exc}") from exc
         return headers
+
+
+def certainly_refused(exc: BaseException) -> bool:
+    """True when the POST certainly created no task, so its recorded submission can go.
+
+    A 5xx, a read timeout or a cancellation may come after BFL created (and charged) the task:
+    then the submission stays, and the webhook (which carries its reference) still finds it.
+    """
+    if isinstance(exc, APIStatusError):
+        return exc.status_code < 500 and exc.status_code != 200
+    if isinstance(exc, TransportError):
+        return isinstance(exc.__cause__, NOT_SENT)
+    return isinstance(exc, ValidationError)

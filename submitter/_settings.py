@@ -13,6 +13,7 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from receiver.settings import split_commas
+from receiver.verify import derive_secret
 
 Region = Literal["global", "eu", "us"]
 LegacyRegion = Literal["eu1", "us1"]
@@ -68,6 +69,12 @@ class Settings(BaseSettings):
 
     retry_timeout: float = Field(default=120.0, gt=0, validation_alias="BFL_RETRY_TIMEOUT")
     """Seconds one request may spend retrying, waits included."""
+
+    finetune_webhook: bool = Field(default=True, validation_alias="BFL_FINETUNE_WEBHOOK")
+    """Send ``webhook_url``/``webhook_secret`` with ``POST /v1/finetune`` too. On by default:
+    BFL's API is FastAPI-generated and its models ignore unknown fields, so at worst training
+    sends no webhook and the reconciler's polling tells the end. Switch it off if BFL answers
+    422 to those fields; trainings are still recorded and polled."""
 
     @field_validator("webhook_secret", mode="before")
     @classmethod
@@ -140,6 +147,18 @@ class Webhook:
     url: str
     """``RECEIVER_PUBLIC_URL`` + ``/webhooks/bfl``."""
     master: SecretStr
+
+    def fields(self, ref: str, *, per_task: bool) -> dict[str, str]:
+        """``webhook_url`` and ``webhook_secret`` for the submission ``ref``: the URL carries
+        the reference and the secret is derived from the master and it (``per_task``), or the
+        plain URL and the master itself."""
+        master = self.master.get_secret_value()
+        if per_task:
+            return {
+                "webhook_url": f"{self.url}?ref={ref}",
+                "webhook_secret": derive_secret(master, ref),
+            }
+        return {"webhook_url": self.url, "webhook_secret": master}
 
 
 def resolve_webhook(settings: Settings) -> Webhook | None:

@@ -22,6 +22,11 @@ Submissions (what the submitter sent) live beside the events::
 A submission is prepared under a fresh reference *before* the POST, so a webhook that beats the
 POST's answer (it carries the reference in its URL) still finds the metadata. An event's
 ``metadata`` is copied from its submission when either side arrives second.
+
+An event's ``task_kind`` is decided when it is recorded, by webhook and poll alike: a finetune
+when its submission (by reference or task id) was made to the ``finetune`` endpoint, or when
+the notice itself names a finetune (``result.finetune_id``, for a finetune never registered
+here); a generation otherwise. A finetune event gets its handler jobs at once, never a download.
 """
 
 from __future__ import annotations
@@ -32,8 +37,19 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from receiver.events import Status
+from receiver.events import Status, TaskKind
 from receiver.payload import Notice
+
+#: The submissions' endpoint for a finetune's training (``POST /v1/finetune``).
+FINETUNE_ENDPOINT = "finetune"
+
+
+def names_finetune(notice: Notice) -> bool:
+    """True when the notice itself says it is about a training: ``result: {"finetune_id"}``
+    and no sample, as the sandbox's get_result and webhook of a training have it (BFL's are
+    not documented). A result with a sample is an image, finetuned inference included."""
+    result = notice.payload.get("result")
+    return isinstance(result, dict) and "finetune_id" in result and "sample" not in result
 
 
 class JobKind(StrEnum):
@@ -86,6 +102,8 @@ class EventRecord:
     deliveries: int
     deadline: float | None
     image: ImageRecord | None
+    task_kind: TaskKind = TaskKind.GENERATION
+    """A finetune's training or a generation; decided when the event was recorded."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,11 +189,14 @@ class Store(abc.ABC):
         deadline: float | None,
         handlers: Sequence[str],
         ref: str | None = None,
+        finetune_handlers: Sequence[str] = (),
     ) -> RecordOutcome:
         """Durably record a notice; on the first terminal one, create its jobs.
 
         A Ready notice with a sample creates one download job (its handlers come when it is
         done); any other terminal notice creates a handler job for each of ``handlers`` now.
+        A finetune's (see the module docstring) creates a job for each of
+        ``finetune_handlers`` instead, and never a download.
         ``ref`` is the submission reference the webhook URL carried: the new event takes that
         submission's metadata (else the metadata of the submission bound to its task id).
         Raises ForeignReference, recording nothing, if ``ref`` is bound to another task.
@@ -204,7 +225,7 @@ class Store(abc.ABC):
     async def active_submissions(self, endpoint: str | None = None, *, within: float) -> int:
         """Submissions made in the last ``within`` seconds whose task has no terminal event
         yet (prepared-only ones for UNBOUND_ACTIVE_SECONDS at most): what counts against BFL's
-        concurrency limits."""
+        concurrency limits. Finetune trainings are not tasks under those limits: never counted."""
 
     @abc.abstractmethod
     async def due_for_reconcile(self, older_than: float, limit: int) -> list[Submission]:

@@ -23,10 +23,11 @@ from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
-from receiver.events import Status
+from receiver.events import Status, TaskKind
 from receiver.payload import Notice
 from receiver.store import postgres_submissions as submissions
 from receiver.store.base import (
+    FINETUNE_ENDPOINT,
     EventRecord,
     ForeignReference,
     ImageRecord,
@@ -38,6 +39,7 @@ from receiver.store.base import (
     RecordOutcome,
     Store,
     Submission,
+    names_finetune,
 )
 from receiver.store.postgres_rows import rowcount
 from receiver.store.postgres_schema import migrate
@@ -49,6 +51,12 @@ if TYPE_CHECKING:
 
 #: The database's clock, as epoch seconds like ``time.time()`` (transaction start time).
 NOW = "date_part('epoch', now())"
+
+#: The event's task kind, decided in the recording statement: the notice names a finetune
+#: ($9), or a submission it belongs to (by reference $8 or task id $7) was one.
+_KIND = f"""CASE WHEN $9::boolean OR EXISTS (SELECT 1 FROM submissions
+                 WHERE (ref = $8 OR task_id = $7) AND endpoint = '{FINETUNE_ENDPOINT}')
+            THEN 'finetune' ELSE 'generation' END"""
 
 
 class PostgresStore(Store):
@@ -101,9 +109,12 @@ class PostgresStore(Store):
         deadline: float | None,
         handlers: Sequence[str],
         ref: str | None = None,
+        finetune_handlers: Sequence[str] = (),
     ) -> RecordOutcome:
         async with self.pool.acquire() as c, c.transaction():
-            outcome = await _record(c, notice, deadline, handlers, ref)
+            outcome = await _record(
+                c, notice, deadline, handlers, ref, finetune_handlers=finetune_handlers
+            )
         if outcome is RecordOutcome.NEW:
             self._wake.announce()
         return outcome
@@ -294,6 +305,8 @@ async def _record(
     deadline: float | None,
     handlers: Sequence[str],
     ref: str | None,
+    *,
+    finetune_handlers: Sequence[str],
 ) -> RecordOutcome:
     if ref is not None:
         bound = await c.fetchrow("SELECT task_id FROM submissions WHERE ref = $1", ref)
@@ -307,21 +320,25 @@ async def _record(
         notice.raw,  # JSON text: a NUL in it is still the escape \u0000, which json accepts
         deadline,
     )
+    hint = names_finetune(notice)
+    kind = TaskKind.GENERATION
     for _ in range(3):
         # The first delivery of a task is the common case: one statement, no lock taken.
         # The submission's metadata (by reference, else by task id) goes in with the row.
         inserted = await c.fetchval(
             f"""INSERT INTO events (status, raw_status, sample_url, error, payload, deadline,
-                    task_id, received_at, updated_at, metadata)
+                    task_id, received_at, updated_at, metadata, task_kind)
                 VALUES ($1, $2, $3, $4, $5, $6, $7, {NOW}, {NOW}, coalesce(
                     (SELECT metadata FROM submissions WHERE ref = $8 OR task_id = $7
-                     ORDER BY ref = $8 DESC NULLS LAST LIMIT 1), '{{}}'))
-                ON CONFLICT (task_id) DO NOTHING RETURNING true""",
+                     ORDER BY ref = $8 DESC NULLS LAST LIMIT 1), '{{}}'), {_KIND})
+                ON CONFLICT (task_id) DO NOTHING RETURNING task_kind""",
             *fields,
             notice.task_id,
             ref,
+            hint,
         )
         if inserted:
+            kind = TaskKind(inserted)
             break
         # Known task: lock its row so that concurrent deliveries (on any replica) decide in
         # turn, each seeing what the one before committed.
@@ -339,19 +356,25 @@ async def _record(
                 notice.task_id,
             )
             return RecordOutcome.DUPLICATE if Status(old).terminal else RecordOutcome.PROGRESS
-        await c.execute(
+        updated = await c.fetchval(
             f"""UPDATE events SET status = $1, raw_status = $2, sample_url = $3, error = $4,
-                    payload = $5, deadline = $6, deliveries = deliveries + 1, updated_at = {NOW}
-                WHERE task_id = $7""",
+                    payload = $5, deadline = $6, deliveries = deliveries + 1, updated_at = {NOW},
+                    task_kind = CASE WHEN task_kind = 'finetune' THEN 'finetune' ELSE {_KIND} END
+                WHERE task_id = $7 RETURNING task_kind""",
             *fields,
             notice.task_id,
+            ref,
+            hint,
         )
+        kind = TaskKind(updated)
         break
     else:
         raise RuntimeError(f"event {notice.task_id!r} kept vanishing while being recorded")
     if not notice.status.terminal:
         return RecordOutcome.PROGRESS
-    if notice.status is Status.READY and notice.sample_url:
+    if kind is TaskKind.FINETUNE:
+        await _add_handler_jobs(c, notice.task_id, finetune_handlers)
+    elif notice.status is Status.READY and notice.sample_url:
         await c.execute(
             f"""INSERT INTO jobs (task_id, kind, state, run_at, created_at, updated_at)
                 VALUES ($1, 'download', 'queued', {NOW}, {NOW}, {NOW})""",

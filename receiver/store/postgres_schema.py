@@ -83,6 +83,12 @@ MIGRATIONS = [
     );
     CREATE INDEX submissions_time ON submissions (submitted_at);
     """,
+    # A finetune's event (a training ended) is dispatched to its own handlers, never downloaded.
+    # A constant default: no table rewrite (PostgreSQL 11+).
+    """
+    ALTER TABLE events ADD COLUMN task_kind text NOT NULL DEFAULT 'generation'
+        CHECK (task_kind IN ('generation', 'finetune'));
+    """,
 ]
 
 #: Held while migrating, so replicas starting together apply each migration once, in turn.

@@ -7,7 +7,12 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 
 import asyncpg
 
-from receiver.store.base import TERMINAL_STATUSES, UNBOUND_ACTIVE_SECONDS, Submission
+from receiver.store.base import (
+    FINETUNE_ENDPOINT,
+    TERMINAL_STATUSES,
+    UNBOUND_ACTIVE_SECONDS,
+    Submission,
+)
 from receiver.store.rows import submission_from
 
 #: The database's clock, as epoch seconds (as in postgres.py).
@@ -64,6 +69,7 @@ async def active(pool: Pool, endpoint: str | None, within: float) -> int:
         f"""SELECT count(*) FROM submissions s
             WHERE s.submitted_at > {NOW} - $2 AND {_UNFINISHED}
             AND (s.task_id IS NOT NULL OR s.submitted_at > {NOW} - $4)
+            AND s.endpoint <> '{FINETUNE_ENDPOINT}'
             AND ($3::text IS NULL OR s.endpoint = $3)""",
         list(TERMINAL_STATUSES),
         within,

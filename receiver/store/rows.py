@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from typing import Any, Protocol
 
-from receiver.events import Status
+from receiver.events import Status, TaskKind
 from receiver.store.base import EventRecord, ImageRecord, Job, JobKind, JobRun, JobState, Submission
 
 
@@ -33,6 +33,7 @@ def event_from(r: Row) -> EventRecord:
         deliveries=r["deliveries"],
         deadline=r["deadline"],
         image=image,
+        task_kind=TaskKind(r["task_kind"]),
     )
 
 

@@ -12,9 +12,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from receiver.events import Status
+from receiver.events import Status, TaskKind
 from receiver.payload import Notice
 from receiver.store.base import (
+    FINETUNE_ENDPOINT,
     TERMINAL_STATUSES,
     UNBOUND_ACTIVE_SECONDS,
     EventRecord,
@@ -28,11 +29,17 @@ from receiver.store.base import (
     RecordOutcome,
     Store,
     Submission,
+    names_finetune,
 )
 from receiver.store.rows import event_from, job_from, run_from, submission_from
 from receiver.store.sqlite_db import SQLiteThread
 
 _TERMINAL = ",".join("?" * len(TERMINAL_STATUSES))
+
+#: The event's task kind, decided in the recording statement: the notice names a finetune (the
+#: first parameter), or a submission it belongs to (by reference or task id) was one.
+_KIND = f"""CASE WHEN ? OR EXISTS (SELECT 1 FROM submissions WHERE (ref = ? OR task_id = ?)
+                 AND endpoint = '{FINETUNE_ENDPOINT}') THEN 'finetune' ELSE 'generation' END"""
 
 # Each entry migrates the schema from version i to i+1 (PRAGMA user_version).
 MIGRATIONS = [
@@ -93,6 +100,10 @@ MIGRATIONS = [
     );
     CREATE INDEX submissions_time ON submissions (submitted_at);
     """,
+    # A finetune's event (a training ended) is dispatched to its own handlers, never downloaded.
+    """
+    ALTER TABLE events ADD COLUMN task_kind TEXT NOT NULL DEFAULT 'generation'
+    """,
 ]
 
 
@@ -135,8 +146,13 @@ class SQLiteStore(Store):
         deadline: float | None,
         handlers: Sequence[str],
         ref: str | None = None,
+        finetune_handlers: Sequence[str] = (),
     ) -> RecordOutcome:
-        outcome = await self._db.run(lambda c: _record(c, notice, deadline, handlers, ref))
+        outcome = await self._db.run(
+            lambda c: _record(
+                c, notice, deadline, handlers, ref, finetune_handlers=finetune_handlers
+            )
+        )
         if outcome is RecordOutcome.NEW:
             self._work.set()
         return outcome
@@ -183,6 +199,7 @@ class SQLiteStore(Store):
         def count(c: sqlite3.Connection) -> int:
             sql = f"""SELECT count(*) FROM submissions s WHERE s.submitted_at > ?
                       AND (s.task_id IS NOT NULL OR s.submitted_at > ?)
+                      AND s.endpoint <> '{FINETUNE_ENDPOINT}'
                       AND NOT EXISTS (SELECT 1 FROM events e WHERE e.task_id = s.task_id
                                       AND e.status IN ({_TERMINAL}))"""
             now = time.time()
@@ -425,6 +442,8 @@ def _record(
     deadline: float | None,
     handlers: Sequence[str],
     ref: str | None,
+    *,
+    finetune_handlers: Sequence[str],
 ) -> RecordOutcome:
     if ref is not None:
         bound = c.execute("SELECT task_id FROM submissions WHERE ref = ?", (ref,)).fetchone()
@@ -441,16 +460,19 @@ def _record(
     )
     # The metadata comes from the submission, found by the webhook's reference or else by
     # task id, in the same statement: one statement per new webhook.
+    kind_params = (names_finetune(notice), ref, notice.task_id)
     inserted = c.execute(
-        """INSERT INTO events (status, raw_status, sample_url, error, payload, deadline,
-               task_id, received_at, updated_at, metadata)
+        f"""INSERT INTO events (status, raw_status, sample_url, error, payload, deadline,
+               task_id, received_at, updated_at, metadata, task_kind)
            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, coalesce(
                (SELECT metadata FROM submissions WHERE ref = ? OR task_id = ?
-                ORDER BY ref = ? DESC LIMIT 1), '{}'))
-           ON CONFLICT (task_id) DO NOTHING""",
-        (*fields, notice.task_id, now, now, ref, notice.task_id, ref),
-    ).rowcount
-    if not inserted:
+                ORDER BY ref = ? DESC LIMIT 1), '{{}}'), {_KIND})
+           ON CONFLICT (task_id) DO NOTHING RETURNING task_kind""",
+        (*fields, notice.task_id, now, now, ref, notice.task_id, ref, *kind_params),
+    ).fetchall()
+    if inserted:
+        kind = TaskKind(inserted[0][0])
+    else:
         known = Status(
             c.execute("SELECT status FROM events WHERE task_id = ?", (notice.task_id,)).fetchone()[
                 0
@@ -464,15 +486,19 @@ def _record(
                 (now, notice.task_id),
             )
             return RecordOutcome.DUPLICATE if known.terminal else RecordOutcome.PROGRESS
-        c.execute(
-            """UPDATE events SET status = ?, raw_status = ?, sample_url = ?, error = ?,
-                   payload = ?, deadline = ?, deliveries = deliveries + 1, updated_at = ?
-               WHERE task_id = ?""",
-            (*fields, now, notice.task_id),
-        )
+        updated = c.execute(
+            f"""UPDATE events SET status = ?, raw_status = ?, sample_url = ?, error = ?,
+                   payload = ?, deadline = ?, deliveries = deliveries + 1, updated_at = ?,
+                   task_kind = CASE WHEN task_kind = 'finetune' THEN 'finetune' ELSE {_KIND} END
+               WHERE task_id = ? RETURNING task_kind""",
+            (*fields, now, *kind_params, notice.task_id),
+        ).fetchall()
+        kind = TaskKind(updated[0][0])
     if not notice.status.terminal:
         return RecordOutcome.PROGRESS
-    if notice.status is Status.READY and notice.sample_url:
+    if kind is TaskKind.FINETUNE:
+        _add_handler_jobs(c, notice.task_id, finetune_handlers, now)
+    elif notice.status is Status.READY and notice.sample_url:
         c.execute(
             """INSERT INTO jobs (task_id, kind, state, run_at, created_at, updated_at)
                VALUES (?, 'download', 'queued', ?, ?, ?)""",

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import zipfile
 from collections.abc import Iterator
+from datetime import datetime
 from io import BytesIO
 from typing import Any
 
@@ -11,9 +13,9 @@ import httpx
 import pytest
 
 from sandbox import create_app
-from tests.sandbox.conftest import KEY, b64, open_image, png, settings
+from tests.sandbox.conftest import KEY, Sink, b64, open_image, png, settings
 from tests.sandbox.test_api import download, ready
-from tests.servers import serve
+from tests.servers import serve, wait_until
 
 
 @pytest.fixture(scope="module")
@@ -201,3 +203,34 @@ def test_unknown_finetune_is_422_everywhere(sandbox: str, client: httpx.Client) 
     )
     assert deleted.status_code == 422
     assert client.get(f"{sandbox}/us1/v1/finetune_details", headers=KEY).status_code == 422
+
+
+@pytest.mark.parametrize("outcome", ["Ready", "Error"])
+def test_a_finished_training_sends_its_webhook(
+    sandbox: str, client: httpx.Client, sink: Sink, outcome: str
+) -> None:
+    comment = "my product" if outcome == "Ready" else "my product [sandbox:error]"
+    answer = finetune(
+        client,
+        sandbox,
+        "us1",
+        finetune_comment=comment,
+        webhook_url=sink.hook(f"training-{outcome}"),
+        webhook_secret="training-secret",
+    ).json()
+    wait_until(lambda: sink.calls(f"training-{outcome}"))
+    call = sink.calls(f"training-{outcome}")[0]
+    assert call.headers["x-webhook-secret"] == "training-secret"
+    body = json.loads(call.body)
+    # {task_id, status, result}, as a public receiver of BFL's training webhooks reads it.
+    assert body["task_id"] == answer["finetune_id"]
+    assert body["status"] == outcome
+    assert datetime.fromisoformat(body["timestamp"]).tzinfo is not None
+    if outcome == "Ready":
+        assert body["result"] == {"finetune_id": answer["finetune_id"]}
+        assert "error" not in body
+    else:
+        assert body["result"] is None
+        assert body["error"] == "training_failed"
+        assert body["message"]
+    assert client.get(answer["polling_url"]).json()["status"] == outcome

@@ -5,13 +5,19 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from datetime import datetime, timedelta
 from typing import Any
 
+import anyio
 import httpx
 import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
 
 from receiver.verify import VerificationError, verify
-from sandbox import create_app
+from sandbox import SandboxSettings, create_app
 from tests.sandbox.conftest import KEY, Sink, StartSandbox, settings
 from tests.servers import serve, wait_until
 
@@ -41,6 +47,23 @@ def submit(
     return submitted
 
 
+class SlowSink:
+    """A webhook receiver that takes ``delays[n]`` seconds to answer its n-th call (200)."""
+
+    def __init__(self, delays: list[float]) -> None:
+        self.delays = delays
+        self.received: list[bytes] = []
+        self.answered: list[int] = []
+        self.app = Starlette(routes=[Route("/hook", self._hook, methods=["POST"])])
+
+    async def _hook(self, request: Request) -> Response:
+        n = len(self.received)
+        self.received.append(await request.body())
+        await anyio.sleep(self.delays[n] if n < len(self.delays) else 0.0)
+        self.answered.append(n)
+        return Response(status_code=200)
+
+
 def bodies(sink: Sink, name: str) -> list[dict[str, Any]]:
     return [json.loads(call.body) for call in sink.calls(name)]
 
@@ -55,8 +78,12 @@ def test_ready_webhook_has_shape_a_and_the_secret(
     assert call.headers["content-type"] == "application/json"
     assert "x-bfl-signature" not in call.headers  # off by default
     body = bodies(sink, "a")[0]
+    assert set(body) == {"id", "status", "result", "timestamp"}  # as in BFL's webhook guide
     assert body["id"] == submitted["id"]
     assert body["status"] == "Ready"
+    ended = datetime.fromisoformat(body["timestamp"])  # ISO 8601, in UTC
+    assert ended.utcoffset() == timedelta(0)
+    assert abs(ended.timestamp() - time.time()) < 60
     assert body["result"]["sample"].startswith(f"{sandbox}/delivery/")
     assert client.get(body["result"]["sample"]).status_code == 200
     # What the webhook says, get_result says too.
@@ -98,6 +125,25 @@ def test_failed_delivery_is_retried_on_the_schedule(
     time.sleep(0.3)
     assert len(sink.calls("retry")) == 3  # the third was taken: no more retries
     assert calls[0].body == calls[2].body
+
+
+def test_the_defaults_are_the_webhook_guides_schedule_and_timeout() -> None:
+    defaults = SandboxSettings(_env_file=None)  # type: ignore[call-arg]
+    assert defaults.webhook_retry_delays == (1.0, 5.0, 30.0)
+    assert defaults.webhook_timeout_seconds == 30.0
+
+
+def test_a_receiver_slower_than_the_timeout_gets_the_webhook_again(
+    start_sandbox: StartSandbox, client: httpx.Client
+) -> None:
+    slow = SlowSink(delays=[1.5, 0.0])  # the first answer comes after the sandbox gave up
+    with serve(slow.app) as url:
+        base = start_sandbox(webhook_timeout_seconds=0.5, webhook_retry_delays=(0.1, 0.1))
+        submit(client, base, f"{url}/hook")
+        wait_until(lambda: len(slow.answered) == 2, timeout=15)
+        time.sleep(0.4)
+    assert len(slow.received) == 2  # the slow attempt, and one retry that was taken in time
+    assert slow.received[0] == slow.received[1]
 
 
 def test_a_receiver_that_keeps_failing_gets_every_retry_then_nothing(
@@ -190,8 +236,14 @@ def test_failed_tasks_send_a_webhook_in_both_shapes(
     submit(client, sandbox_b, sink.hook(f"{fault}-b"), fault=fault)
     wait_until(lambda: sink.calls(f"{fault}-a") and sink.calls(f"{fault}-b"))
     shape_a, shape_b = bodies(sink, f"{fault}-a")[0], bodies(sink, f"{fault}-b")[0]
+    # Shape A as BFL's webhook guide shows a failure: a code, a readable message, a time.
+    assert set(shape_a) == {"id", "status", "error", "message", "timestamp"}
     assert shape_a["status"] == status
-    assert shape_a["result"] is None
+    assert shape_a["error"] == (
+        "generation_failed" if fault == "error" else "content_policy_violation"
+    )
+    assert shape_a["message"].startswith("sandbox: ")
+    assert datetime.fromisoformat(shape_a["timestamp"]).tzinfo is not None
     assert shape_b["status"] == "FAILED"
     assert shape_b["error"] == status
 
