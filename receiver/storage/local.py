@@ -60,7 +60,7 @@ def remove_stale(staging: Path, max_age: float) -> int:
                 continue
             with contextlib.suppress(FileNotFoundError):  # another replica got there first
                 info = entry.stat(follow_symlinks=False)
-                if max(info.st_mtime, info.st_ctime) < cutoff:
+                if info.st_mtime < cutoff:  # a download writes as it goes: mtime is its pulse
                     os.unlink(entry.path)
                     removed += 1
                     freed += info.st_size
