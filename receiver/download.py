@@ -95,8 +95,8 @@ def host_allowed(url: str, patterns: Sequence[str]) -> bool:
       only. The defaults are written this way.
     - a glob (``*`` or ``?``) requires https even without the prefix: a glob reaches hosts
       nobody named one by one.
-    - a plain exact name (``127.0.0.1:8001``, a local sandbox) may also use plain http; it is
-      the user's own, explicit choice.
+    - a plain exact name (``127.0.0.1:8001``, a local sandbox; ``http://127.0.0.1:8001`` says
+      the same) may also use plain http: it is the user's own, explicit choice.
 
     With a port, an entry matches that port only; without one, any port. URLs with userinfo
     (``user@host``) never match.
@@ -115,7 +115,7 @@ def host_allowed(url: str, patterns: Sequence[str]) -> bool:
     for raw in patterns:
         pattern = raw.strip().lower()
         https_only = pattern.startswith("https://")
-        pattern = pattern.removeprefix("https://").rstrip("/")
+        pattern = pattern.removeprefix("https://").removeprefix("http://").rstrip("/")
         if "*" in pattern or "?" in pattern:
             if parts.scheme == "https" and fnmatch.fnmatchcase(host, pattern):
                 return True
