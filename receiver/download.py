@@ -37,7 +37,8 @@ ALLOWED_TYPES = {"image/jpeg", "image/png", "image/webp"}
 PILLOW_FORMATS = {"image/jpeg": "JPEG", "image/png": "PNG", "image/webp": "WEBP"}
 MAX_REDIRECTS = 5
 #: Longest a single attempt may take in total, redirects and body included; the URL's own
-#: deadline usually cuts it shorter. Staging files older than this are dead (see storage).
+#: deadline usually cuts it shorter. It bounds how long a staging file can be in use (see
+#: ``receiver.storage.local.STALE_STAGING_SECONDS``).
 ATTEMPT_TIMEOUT = 120.0
 CONNECT_TIMEOUT = 10.0
 #: Images with more pixels than this are refused before they are decoded. FLUX outputs are at
@@ -229,6 +230,10 @@ async def _follow(
         except httpx.TransportError as exc:
             # A body cut short under a Content-Length or chunked framing lands here too.
             raise DownloadError(f"transport error: {type(exc).__name__}", transient=True) from exc
+        except httpx.InvalidURL as exc:  # the URL or a redirect's Location; its text stays out
+            raise DownloadError(
+                "not a valid URL (the sample's or a redirect's)", transient=False
+            ) from exc
     raise DownloadError("too many redirects", transient=False)
 
 

@@ -181,3 +181,13 @@ def test_a_bomb_through_the_receiver_is_buried_not_stored(tmp_path: Path) -> Non
     assert recorder.seen == []
     samples = tmp_path / "samples"
     assert [p for p in samples.rglob("*") if p.is_file()] == []
+
+
+def test_an_invalid_url_is_a_clear_error(staging: Path) -> None:
+    with delivery_server() as delivery:
+        url = delivery.add("x.jpg") + "\x00?sig=SECRET"  # urlsplit takes it, httpx does not
+        with pytest.raises(DownloadError) as caught:
+            fetch(url, staging)
+    assert caught.value.reason == "not a valid URL (the sample's or a redirect's)"
+    assert not caught.value.transient
+    assert delivery.hits == []
