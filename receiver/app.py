@@ -16,6 +16,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from receiver import redact
 from receiver.download import url_deadline
 from receiver.handlers import Handler, HandlerSet, load_handlers
 from receiver.health import Health, describe
@@ -66,8 +67,15 @@ async def _stop(task: asyncio.Task[None]) -> None:
         await task
 
 
-def create_app(settings: Settings, *, handlers: Mapping[str, Handler] | None = None) -> Starlette:
-    """The receiver. ``handlers`` replaces the configured ones (for embedding and tests)."""
+def create_app(
+    settings: Settings,
+    *,
+    handlers: Mapping[str, Handler] | None = None,
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> Starlette:
+    """The receiver. ``handlers`` replaces the configured ones (for embedding and tests);
+    ``transport`` carries the downloads and polls instead of httpx's own (for tests)."""
+    redact.install()  # signed URLs' queries never reach a log
     handler_set = (
         HandlerSet(dict(handlers)) if handlers is not None else load_handlers(settings.handlers)
     )
@@ -85,7 +93,9 @@ def create_app(settings: Settings, *, handlers: Mapping[str, Handler] | None = N
             stack.push_async_callback(storage.close)
             limits = httpx.Limits(max_connections=MAX_CONNECTIONS, max_keepalive_connections=64)
             client = await stack.enter_async_context(
-                httpx.AsyncClient(limits=limits, headers={"user-agent": USER_AGENT})
+                httpx.AsyncClient(
+                    limits=limits, headers={"user-agent": USER_AGENT}, transport=transport
+                )
             )
             secrets = [s.get_secret_value() for s in settings.webhook_secret]
             health = Health()

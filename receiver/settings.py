@@ -8,8 +8,17 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-#: BFL serves results from hosts like delivery-eu1.bfl.ai and delivery.us1.bfl.ai.
-BFL_DELIVERY_HOSTS = ("delivery-*.bfl.ai", "delivery.*.bfl.ai")
+#: BFL serves results from hosts like delivery-eu1.bfl.ai and delivery.us1.bfl.ai (its API docs),
+#: and from two Azure storage accounts (its webhook guide, its older client's README). Those two
+#: are named exactly: anyone can create a *.blob.core.windows.net account, so a glob there would
+#: let any webhook sender make the receiver fetch from a host they own. ``https://`` makes every
+#: default https-only (see ``receiver.download.host_allowed``).
+BFL_DELIVERY_HOSTS = (
+    "https://delivery-*.bfl.ai",
+    "https://delivery.*.bfl.ai",
+    "https://bfldeliveryprod.blob.core.windows.net",
+    "https://bflapistorage.blob.core.windows.net",
+)
 #: Where polling URLs may point (api.bfl.ai, api.eu.bfl.ai, api.us1.bfl.ai...): the API key goes
 #: to these hosts only.
 BFL_API_HOSTS = ("api.bfl.ai", "api.*.bfl.ai")
@@ -48,7 +57,8 @@ class Settings(BaseSettings):
     """Extra handlers as ``module:callable``; entry points in ``bfl_hooks.handlers`` load too."""
 
     sample_hosts: CommaList = BFL_DELIVERY_HOSTS
-    """Hosts a sample may be downloaded from (glob patterns); exact names may use plain http."""
+    """Hosts a sample may come from: names or globs, ``https://`` to require https (globs always
+    do); an exact name without it (a local sandbox, ``127.0.0.1:8001``) may use plain http."""
 
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)

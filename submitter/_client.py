@@ -14,6 +14,7 @@ from typing import Any, Self
 
 import httpx
 
+from receiver import redact
 from receiver.store import Store, open_store
 from submitter._api import Api
 from submitter._endpoints import (
@@ -109,6 +110,7 @@ class BFL:
     async def __aenter__(self) -> Self:
         for note in self.notes.values():
             log.info("%s", note)
+        redact.install()  # httpx logs URLs; a sample's query is its signature
         self._client = httpx.AsyncClient(
             timeout=API_TIMEOUT,
             transport=self._transport,

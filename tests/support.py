@@ -154,9 +154,13 @@ def as_handler(recorder: Recorder) -> Handler:
 
 @contextmanager
 def running_receiver(
-    settings: Settings, handlers: Mapping[str, Handler] | None = None
+    settings: Settings,
+    handlers: Mapping[str, Handler] | None = None,
+    *,
+    transport: httpx.AsyncBaseTransport | None = None,
 ) -> Iterator[Receiver]:
-    app = create_app(settings, handlers=handlers or {})
+    """The receiver app served on loopback; ``transport`` carries its downloads if given."""
+    app = create_app(settings, handlers=handlers or {}, transport=transport)
     with serve(app) as url, httpx.Client(base_url=url, timeout=10) as client:
         yield Receiver(url, client)
 

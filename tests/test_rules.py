@@ -108,6 +108,17 @@ def test_exact_hosts_may_use_http_and_ports_must_match() -> None:
     assert host_allowed("http://[::1]:9/x", ["[::1]:9"])
 
 
+def test_an_https_prefix_requires_https() -> None:
+    assert host_allowed("https://h.example/x", ["https://h.example"])
+    assert not host_allowed("http://h.example/x", ["https://h.example"])
+    assert host_allowed("https://h.example:8443/x", ["https://h.example:8443"])
+    assert not host_allowed("https://h.example:9/x", ["https://h.example:8443"])
+    assert not host_allowed("https://other.example/x", ["https://h.example"])
+    assert host_allowed("http://127.0.0.1:8001/x", ["http://127.0.0.1:8001"])  # same as bare
+    assert not host_allowed("http://a.h.example/x", ["https://*.h.example"])
+    assert host_allowed("https://a.h.example/x", ["https://*.h.example"])
+
+
 def test_deadline_comes_from_se_or_ttl() -> None:
     url = "https://d/x?se=2025-01-07T08%3A46%3A02Z&sp=r&sig=s"
     assert url_deadline(url, 0.0, 600) == 1736239562.0

@@ -3,18 +3,36 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import os
+import time
 from pathlib import Path
 
 from receiver.storage.base import Storage, StoredBlob, blob_name
 
+log = logging.getLogger("receiver.storage")
+
+#: A staging file untouched for this long belongs to no live download, so a start may delete
+#: it. One attempt lives at most ``receiver.download.ATTEMPT_TIMEOUT`` (120 s, enforced), then
+#: is decoded (seconds) and put (a rename, or an S3 upload bounded by its timeouts and retries:
+#: minutes). Other replicas may share the directory, so age is the only proof a file is dead;
+#: an hour also covers clock skew between machines on a shared filesystem.
+STALE_STAGING_SECONDS = 3600.0
+#: What ``receiver.download`` names its files; nothing else in a staging directory is touched.
+STAGING_SUFFIX = ".part"
+
 
 class LocalStorage(Storage):
-    def __init__(self, root: str | Path) -> None:
+    def __init__(
+        self, root: str | Path, *, stale_staging_seconds: float = STALE_STAGING_SECONDS
+    ) -> None:
         self.root = Path(root).resolve()
+        self.stale_staging_seconds = stale_staging_seconds
 
     async def open(self) -> None:
         await asyncio.to_thread(self.staging_dir().mkdir, parents=True, exist_ok=True)
+        await asyncio.to_thread(remove_stale, self.staging_dir(), self.stale_staging_seconds)
 
     def staging_dir(self) -> Path:
         return self.root / ".staging"
@@ -31,14 +49,51 @@ class LocalStorage(Storage):
         return await asyncio.to_thread(path.read_bytes)
 
 
+def remove_stale(staging: Path, max_age: float) -> int:
+    """Delete the downloads in ``staging`` left by a dead process (untouched for ``max_age``
+    seconds); returns how many. Blocking: run it in a thread."""
+    cutoff = time.time() - max_age
+    removed = freed = 0
+    with os.scandir(staging) as entries:
+        for entry in entries:
+            if not entry.name.endswith(STAGING_SUFFIX) or not entry.is_file(follow_symlinks=False):
+                continue
+            with contextlib.suppress(FileNotFoundError):  # another replica got there first
+                info = entry.stat(follow_symlinks=False)
+                if info.st_mtime < cutoff:  # a download writes as it goes: mtime is its pulse
+                    os.unlink(entry.path)
+                    removed += 1
+                    freed += info.st_size
+    if removed:
+        log.info("removed %d stale staging files (%d bytes) from %s", removed, freed, staging)
+    return removed
+
+
 def _place(source: Path, target: Path) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
+    _make_dirs(target.parent)
     if target.exists():  # same content already kept
         source.unlink()
         return
     # The download was fsynced before; rename is atomic, then make the rename itself durable.
     os.replace(source, target)
-    fd = os.open(target.parent, os.O_RDONLY)
+    _fsync_dir(target.parent)
+
+
+def _make_dirs(path: Path) -> None:
+    """``mkdir -p``, making each created directory's entry durable in its parent: after a crash
+    the fan-out levels exist, and the file renamed into the last one with them."""
+    missing: list[Path] = []
+    while not path.is_dir():
+        missing.append(path)
+        path = path.parent
+    for directory in reversed(missing):
+        with contextlib.suppress(FileExistsError):  # a concurrent put made it: fsync anyway
+            directory.mkdir()
+        _fsync_dir(directory.parent)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:

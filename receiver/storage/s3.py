@@ -33,9 +33,13 @@ from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from receiver.storage.base import Storage, StoredBlob, blob_name
+from receiver.storage.local import STALE_STAGING_SECONDS, remove_stale
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
+
+#: The temporary staging directories of processes with no ``staging_dir`` configured.
+TEMP_PREFIX = "bfl-s3-"
 
 
 class S3Settings(BaseSettings):
@@ -61,7 +65,8 @@ class S3Settings(BaseSettings):
     """``path`` for servers without per-bucket host names (most self-hosted ones)."""
 
     staging_dir: Path | None = None
-    """Where downloads wait before upload; a fresh temporary directory if unset."""
+    """Where downloads wait before upload; a fresh temporary directory if unset. It may be
+    shared by replicas: files in it untouched for an hour are removed at start."""
 
     timeout_seconds: float = Field(default=30.0, gt=0)
     """Connect and read timeout of each S3 request (boto3 retries transient failures)."""
@@ -73,7 +78,14 @@ class S3Settings(BaseSettings):
 class S3Storage(Storage):
     """Content-addressed images in a bucket, under an optional key prefix."""
 
-    def __init__(self, bucket: str, prefix: str = "", settings: S3Settings | None = None) -> None:
+    def __init__(
+        self,
+        bucket: str,
+        prefix: str = "",
+        settings: S3Settings | None = None,
+        *,
+        stale_staging_seconds: float = STALE_STAGING_SECONDS,
+    ) -> None:
         if not bucket:
             raise ValueError("an S3 storage URL needs a bucket: s3://bucket/prefix")
         self.bucket = bucket
@@ -82,6 +94,7 @@ class S3Storage(Storage):
         self._client: S3Client | None = None
         self._staging: Path | None = None
         self._own_staging = False
+        self.stale_staging_seconds = stale_staging_seconds
 
     @classmethod
     def from_url(cls, url: str, settings: S3Settings | None = None) -> S3Storage:
@@ -102,9 +115,13 @@ class S3Storage(Storage):
         if self.settings.staging_dir is not None:
             self._staging = self.settings.staging_dir
             await asyncio.to_thread(self._staging.mkdir, parents=True, exist_ok=True)
+            await asyncio.to_thread(remove_stale, self._staging, self.stale_staging_seconds)
         else:
-            self._staging = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix="bfl-s3-"))
+            self._staging = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix=TEMP_PREFIX))
             self._own_staging = True
+            # A killed process leaves its temporary directory behind: empty its dead files
+            # (the directory itself may belong to a live, idle process: it stays).
+            await asyncio.to_thread(_remove_stale_temp, self.stale_staging_seconds)
 
     async def close(self) -> None:
         if self._client is not None:
@@ -207,6 +224,12 @@ class S3Storage(Storage):
         response = self.client.get_object(Bucket=self.bucket, Key=key)
         with contextlib.closing(response["Body"]) as body:
             return body.read()
+
+
+def _remove_stale_temp(max_age: float) -> None:
+    for staging in Path(tempfile.gettempdir()).glob(f"{TEMP_PREFIX}*"):
+        with contextlib.suppress(OSError):  # gone, or not ours to touch
+            remove_stale(staging, max_age)
 
 
 def _reveal(secret: SecretStr | None) -> str | None:

@@ -1,0 +1,74 @@
+"""Keep signed URLs' queries out of logs.
+
+A BFL sample URL is a bearer credential until it expires: its query (``se=…&sig=…``) is the
+signature. httpx logs every request URL at INFO, and httpcore's DEBUG trace prints response
+headers, among them a redirect's ``Location``. ``install()`` puts a filter on those loggers that
+rewrites every URL in a record to ``scheme://host/path?…`` before any handler sees it.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from urllib.parse import urlsplit
+
+#: The loggers httpx and httpcore write to. A logger's filters see only the records logged on it
+#: (not on its children), so each one gets the filter; ``install`` adds any other ``httpcore.*``
+#: that exists by then.
+LOGGERS = (
+    "httpx",
+    "httpcore",
+    "httpcore.connection",
+    "httpcore.http11",
+    "httpcore.http2",
+    "httpcore.proxy",
+    "httpcore.socks",
+)
+ELIDED = "?…"
+
+# An absolute URL up to a quote, a space or an angle bracket (how URLs end in log lines).
+_URL = re.compile(r"""[A-Za-z][A-Za-z0-9+.-]*://[^\s'"<>]+""")
+# A query left without a scheme and host (a relative redirect, ``/x?se=…&sig=…``).
+_QUERY = re.compile(r"""\?[^\s'"<>?]*=[^\s'"<>]*""")
+
+
+def redact_url(url: str) -> str:
+    """``scheme://host[:port]/path``, with ``?…`` for a query and without userinfo or fragment."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        port = parts.port
+    except ValueError:
+        return url.split("?", 1)[0].split("#", 1)[0] + ELIDED
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = f"{host}:{port}" if port is not None else host
+    tail = ELIDED if parts.query or "?" in url else ""
+    return f"{parts.scheme}://{netloc}{parts.path}{tail}"
+
+
+def redact_text(text: str) -> str:
+    """``text`` with every URL in it redacted, and any bare ``?key=value`` query elided."""
+    return _QUERY.sub(ELIDED, _URL.sub(lambda m: redact_url(m.group(0)), text))
+
+
+class RedactURLs(logging.Filter):
+    """Rewrites a record's message so no URL query or userinfo in it reaches a handler."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        redacted = redact_text(message)
+        if redacted != message:
+            record.msg, record.args = redacted, ()
+        return True
+
+
+def install() -> None:
+    """Put ``RedactURLs`` on httpx's and httpcore's loggers (once; calling again is harmless)."""
+    names = set(LOGGERS) | {
+        name for name in logging.root.manager.loggerDict if name.startswith("httpcore.")
+    }
+    for name in sorted(names):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, RedactURLs) for f in logger.filters):
+            logger.addFilter(RedactURLs())
