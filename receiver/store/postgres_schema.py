@@ -83,6 +83,14 @@ MIGRATIONS = [
     );
     CREATE INDEX submissions_time ON submissions (submitted_at);
     """,
+    # The task that first claimed a reference no bound submission names (see base.py).
+    """
+    CREATE TABLE webhook_refs (
+        ref        text PRIMARY KEY,
+        task_id    text NOT NULL,
+        claimed_at double precision NOT NULL
+    );
+    """,
 ]
 
 #: Held while migrating, so replicas starting together apply each migration once, in turn.
