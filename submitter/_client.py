@@ -6,16 +6,18 @@ import asyncio
 import logging
 import os
 import secrets
+import sqlite3
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
+import asyncpg
 import httpx
 
-from receiver.store import Store, open_store
-from receiver.verify import derive_secret
+from receiver.correlation import CorrelationError, MetadataTooLarge, webhook_link
+from receiver.store import Store, open_store, store_location
 from submitter._api import Api
 from submitter._endpoints import (
     IMAGE_FIELDS,
@@ -120,9 +122,8 @@ class BFL:
         )
         try:
             if self._store is None and self.webhook is not None:
-                self._store = open_store(self.settings.database_url)
-                self._own_store = True
-                await self._store.open()
+                self._store = await _open_existing_store(self.settings.database_url)
+                self._own_store = self._store is not None
         except BaseException:
             await self._client.aclose()
             raise
@@ -242,15 +243,22 @@ class BFL:
             region = region or await self.finetunes.region_of(str(sent["finetune_id"]))
         store = self._store
         ref = ref or secrets.token_urlsafe(16)
+        in_url = False
         if self.webhook is not None and "webhook_url" not in sent:
+            # The metadata travels in the URL, bound to the secret (receiver.correlation): it
+            # reaches the handlers even when no store is shared with the receiver.
             master = self.webhook.master.get_secret_value()
-            if self.per_task_secret:
-                sent["webhook_url"] = f"{self.webhook.url}?ref={ref}"
-                sent["webhook_secret"] = derive_secret(master, ref)
-            else:
-                sent["webhook_url"] = self.webhook.url
-                sent["webhook_secret"] = master
-            sent = validate_body(endpoint, sent)  # the URL too must fit (2083 characters)
+            try:
+                link = webhook_link(
+                    self.webhook.url, master, ref if self.per_task_secret else None, meta
+                )
+            except MetadataTooLarge as exc:
+                raise ValidationError.one(("metadata",), str(exc), "too_long") from None
+            except CorrelationError as exc:
+                raise ValidationError.one(("webhook_url",), str(exc), "too_long") from None
+            sent["webhook_url"], sent["webhook_secret"] = link.url, link.secret
+            in_url = self.per_task_secret
+            sent = validate_body(endpoint, sent)
         gate = self._gate
         assert gate is not None
 
@@ -277,7 +285,7 @@ class BFL:
             id=task_id,
             endpoint=endpoint,
             polling_url=polling_url,
-            ref=ref if store is not None else None,
+            ref=ref if store is not None or in_url else None,
             cost=_number(answer.get("cost")),
             input_mp=_number(answer.get("input_mp")),
             output_mp=_number(answer.get("output_mp")),
@@ -365,6 +373,48 @@ class BFL:
                 await self.result(task)
             except BFLError as exc:
                 log.debug("polling %s to free a slot failed: %s", task.id, exc)
+
+
+#: How long the submitter tries to reach the receiver's store before submitting without it.
+STORE_OPEN_TIMEOUT = 10.0
+#: Errors that mean "no store to register in": absent, unreachable, refused, not a database.
+_STORE_ERRORS = (
+    OSError,
+    TimeoutError,
+    sqlite3.Error,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+)
+#: Store locations already warned about in this process: the warning is said once.
+_warned: set[str] = set()
+
+
+async def _open_existing_store(url: str) -> Store | None:
+    """The receiver's store, if it exists and answers; else None, with one warning per process.
+
+    Never creates a store: a SQLite file that is not there stays not there (a submitter in
+    another folder must not make a store of its own that no receiver reads).
+    """
+    store = open_store(url, create=False)
+    try:
+        await asyncio.wait_for(store.open(), STORE_OPEN_TIMEOUT)
+    except _STORE_ERRORS as exc:
+        await store.close()
+        where = store_location(url)
+        if where not in _warned:
+            _warned.add(where)
+            sqlite = url.startswith("sqlite:///")
+            missing = sqlite and not await asyncio.to_thread(Path(where).is_file)
+            why = "it does not exist" if missing else type(exc).__name__
+            log.warning(
+                "cannot register submissions in the receiver's store at %s (%s): no limit "
+                "counting across processes and no reconciliation when a webhook never comes; "
+                "the metadata still travels in the webhook URL",
+                where,
+                why,
+            )
+        return None
+    return store
 
 
 def certainly_refused(exc: BaseException) -> bool:
