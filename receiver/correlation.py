@@ -61,7 +61,11 @@ class CorrelationError(ValueError):
     """Metadata that cannot travel in the webhook URL, or an ``m`` that does not decode."""
 
 
-class MetadataTooLarge(CorrelationError):
+class MetadataError(CorrelationError):
+    """The metadata itself cannot travel: too large, or text no store can keep."""
+
+
+class MetadataTooLarge(MetadataError):
     """The metadata is over ``limit`` bytes of compact JSON (``size`` is how big it was)."""
 
     def __init__(self, size: int, limit: int) -> None:
@@ -74,10 +78,38 @@ class MetadataTooLarge(CorrelationError):
 
 
 def metadata_bytes(metadata: Mapping[str, Any]) -> bytes:
-    """The compact JSON the URL carries (and whose hash the secret binds)."""
+    """The compact JSON the URL carries (and whose hash the secret binds).
+
+    Raises MetadataError for text that PostgreSQL's jsonb cannot keep (NUL, a lone
+    surrogate): refused before sending, rather than a webhook no store can ever record.
+    """
+    problem = _unstorable(metadata)
+    if problem is not None:
+        raise MetadataError(problem)
     return json.dumps(
         dict(metadata), separators=(",", ":"), ensure_ascii=False, allow_nan=False
     ).encode()
+
+
+def _unstorable(value: object) -> str | None:
+    """Why some text in ``value`` cannot be stored (None if all can); iterative, so deep
+    nesting costs no recursion."""
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, Mapping):
+            pending.extend(item.keys())
+            pending.extend(item.values())
+        elif isinstance(item, list | tuple):
+            pending.extend(item)
+        elif isinstance(item, str):
+            if "\x00" in item:
+                return "has a NUL character in its text, which no store keeps"
+            try:
+                item.encode()
+            except UnicodeEncodeError:
+                return "has text that is not valid Unicode (a lone surrogate)"
+    return None
 
 
 def encode_metadata(data: bytes) -> str:
@@ -95,6 +127,9 @@ def decode_metadata(text: str) -> tuple[bytes, dict[str, Any]]:
         raise CorrelationError("the webhook URL's metadata is not base64url JSON") from None
     if not isinstance(value, dict):
         raise CorrelationError("the webhook URL's metadata is not a JSON object")
+    problem = _unstorable(value)
+    if problem is not None:
+        raise CorrelationError(f"the webhook URL's metadata {problem}")
     return data, value
 
 

@@ -16,7 +16,12 @@ from typing import Any, Self
 import asyncpg
 import httpx
 
-from receiver.correlation import CorrelationError, MetadataTooLarge, webhook_link
+from receiver.correlation import (
+    CorrelationError,
+    MetadataError,
+    MetadataTooLarge,
+    webhook_link,
+)
 from receiver.store import Store, open_store, store_location
 from submitter._api import Api
 from submitter._endpoints import (
@@ -252,8 +257,9 @@ class BFL:
                 link = webhook_link(
                     self.webhook.url, master, ref if self.per_task_secret else None, meta
                 )
-            except MetadataTooLarge as exc:
-                raise ValidationError.one(("metadata",), str(exc), "too_long") from None
+            except MetadataError as exc:
+                kind = "too_long" if isinstance(exc, MetadataTooLarge) else "value_error"
+                raise ValidationError.one(("metadata",), str(exc), kind) from None
             except CorrelationError as exc:
                 raise ValidationError.one(("webhook_url",), str(exc), "too_long") from None
             sent["webhook_url"], sent["webhook_secret"] = link.url, link.secret

@@ -3,6 +3,7 @@ receiver refusing every forgery (on SQLite and PostgreSQL where the store decide
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from receiver.correlation import (
     MAX_METADATA_BYTES,
     MAX_WEBHOOK_URL,
     CorrelationError,
+    MetadataError,
     MetadataTooLarge,
     correlate,
     decode_metadata,
@@ -70,6 +72,18 @@ def test_the_size_limit_is_what_fits_with_a_674_character_public_url() -> None:
     # A public URL too long for even the limit is refused before sending as well.
     with pytest.raises(CorrelationError, match="over BFL's 2083"):
         webhook_link(public + "x/webhooks/bfl", SECRET, ref, biggest)
+
+
+@pytest.mark.parametrize("text", ["nul\x00", "lone \ud800"], ids=["nul", "surrogate"])
+def test_text_no_store_can_keep_is_refused_both_ways(text: str) -> None:
+    with pytest.raises(MetadataError):
+        webhook_link(BASE, SECRET, "r1", {"deep": [{"k": text}]})
+    with pytest.raises(MetadataError):
+        webhook_link(BASE, SECRET, "r1", {text: 1})
+    # A URL crafted with the escape (no submitter makes one) does not decode either.
+    crafted = encode_metadata(json.dumps({"k": text}).encode())
+    with pytest.raises(CorrelationError, match=r"no store keeps|not valid Unicode"):
+        decode_metadata(crafted)
 
 
 @pytest.mark.parametrize(
