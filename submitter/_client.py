@@ -6,14 +6,12 @@ import asyncio
 import logging
 import os
 import secrets
-import sqlite3
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
-import asyncpg
 import httpx
 
 from receiver.correlation import (
@@ -22,7 +20,7 @@ from receiver.correlation import (
     MetadataTooLarge,
     webhook_link,
 )
-from receiver.store import Store, open_store, store_location
+from receiver.store import Store
 from submitter._api import Api
 from submitter._endpoints import (
     IMAGE_FIELDS,
@@ -43,6 +41,7 @@ from submitter._finetunes import Finetunes
 from submitter._http import API_TIMEOUT, NOT_SENT, RetryPolicy, Sender
 from submitter._images import ImageInput, encode_image
 from submitter._limits import Gate
+from submitter._registry import open_existing_store
 from submitter._settings import (
     Region,
     Settings,
@@ -67,7 +66,8 @@ class BFL:
 
     ``api_key``, ``region`` and ``base_url`` override ``settings`` (read from the environment
     when not given). With ``RECEIVER_WEBHOOK_SECRET`` set, each submit asks BFL to call the
-    receiver and is recorded in the receiver's store; without it, tasks are polled.
+    receiver, with the metadata in the webhook URL, and is recorded in the receiver's store
+    when that store exists and answers (never created here); without it, tasks are polled.
     """
 
     def __init__(
@@ -127,7 +127,7 @@ class BFL:
         )
         try:
             if self._store is None and self.webhook is not None:
-                self._store = await _open_existing_store(self.settings.database_url)
+                self._store = await open_existing_store(self.settings.database_url)
                 self._own_store = self._store is not None
         except BaseException:
             await self._client.aclose()
@@ -379,48 +379,6 @@ class BFL:
                 await self.result(task)
             except BFLError as exc:
                 log.debug("polling %s to free a slot failed: %s", task.id, exc)
-
-
-#: How long the submitter tries to reach the receiver's store before submitting without it.
-STORE_OPEN_TIMEOUT = 10.0
-#: Errors that mean "no store to register in": absent, unreachable, refused, not a database.
-_STORE_ERRORS = (
-    OSError,
-    TimeoutError,
-    sqlite3.Error,
-    asyncpg.PostgresError,
-    asyncpg.InterfaceError,
-)
-#: Store locations already warned about in this process: the warning is said once.
-_warned: set[str] = set()
-
-
-async def _open_existing_store(url: str) -> Store | None:
-    """The receiver's store, if it exists and answers; else None, with one warning per process.
-
-    Never creates a store: a SQLite file that is not there stays not there (a submitter in
-    another folder must not make a store of its own that no receiver reads).
-    """
-    store = open_store(url, create=False)
-    try:
-        await asyncio.wait_for(store.open(), STORE_OPEN_TIMEOUT)
-    except _STORE_ERRORS as exc:
-        await store.close()
-        where = store_location(url)
-        if where not in _warned:
-            _warned.add(where)
-            sqlite = url.startswith("sqlite:///")
-            missing = sqlite and not await asyncio.to_thread(Path(where).is_file)
-            why = "it does not exist" if missing else type(exc).__name__
-            log.warning(
-                "cannot register submissions in the receiver's store at %s (%s): no limit "
-                "counting across processes and no reconciliation when a webhook never comes; "
-                "the metadata still travels in the webhook URL",
-                where,
-                why,
-            )
-        return None
-    return store
 
 
 def certainly_refused(exc: BaseException) -> bool:
