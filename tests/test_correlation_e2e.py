@@ -223,7 +223,7 @@ def test_a_bot_sharing_only_postgresql_gets_metadata_and_reconciliation(
         jobs = [("plain", {"order": "A-1"}), ("lost [sandbox:drop-webhook]", {"order": "A-2"})]
         (plain, dropped), stderr = run_bot(tmp_path / "bot", dotenv, jobs)
         eventually(lambda: {plain, dropped} <= handled(seen).keys(), timeout=60)
-        assert rx.metric('bfl_hooks_reconcile_polls_total{outcome="recovered"}') == 1
+        assert rx.metric('bfl_hooks_reconcile_polls_total{outcome="recovered"}') >= 1
     got = handled(seen)
     assert got[plain]["meta"] == {"order": "A-1"}
     assert got[dropped]["meta"] == {"order": "A-2"}  # from the store: no webhook came
