@@ -17,6 +17,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from receiver import redact
+from receiver.correlation import METADATA_PARAM, REF_PARAM, Correlation, correlate
 from receiver.download import url_deadline
 from receiver.handlers import Handler, HandlerSet, load_handlers
 from receiver.health import Health, describe
@@ -28,7 +29,7 @@ from receiver.settings import Settings
 from receiver.storage import Storage, open_storage
 from receiver.store import RecordOutcome, Store, open_store
 from receiver.store.base import ForeignReference
-from receiver.verify import VerificationError, derive_secret, verify
+from receiver.verify import VerificationError, verify
 from receiver.worker import Worker
 
 log = logging.getLogger("receiver")
@@ -170,20 +171,17 @@ async def webhook(request: Request) -> Response:
     except BodyTooLarge:
         rt.metrics.webhooks.labels("too_large").inc()
         return _problem(413, f"body over {settings.max_body_bytes} bytes")
-    secrets = rt.secrets
-    ref = None
-    if b"ref=" in request.scope["query_string"]:
-        ref = request.query_params.get("ref") or None
-    if ref is not None:
-        # Per-task secrets (the submitter's default): derived from a master and the reference.
-        secrets = secrets + [derive_secret(m, ref) for m in secrets]
+    link = _correlation(request, rt.secrets)
+    ref = link.ref
     try:
-        verify(body, request.headers, secrets)
+        verify(body, request.headers, link.secrets)
     except VerificationError as exc:
         rt.metrics.webhooks.labels("unauthorized").inc()
         log.warning("webhook refused: %s", exc)  # the reason, never the secret
         return _problem(401, "unauthorized")
     try:
+        if link.error is not None:
+            raise PayloadError(link.error)
         notice = parse_notice(body)
     except PayloadError as exc:
         rt.metrics.webhooks.labels("malformed").inc()
@@ -201,6 +199,7 @@ async def webhook(request: Request) -> Response:
             handlers=rt.handlers.names_for(notice.status),
             ref=ref,
             finetune_handlers=rt.handlers.names_for(notice.status, finetune=True),
+            metadata=link.metadata,
         )
     except ForeignReference:
         # Checked inside the recording transaction: no extra round trip per webhook.
@@ -223,8 +222,37 @@ async def webhook(request: Request) -> Response:
     rt.metrics.recorded[outcome].inc()
     if outcome is RecordOutcome.DUPLICATE:
         rt.metrics.duplicates.inc()
+    elif outcome is RecordOutcome.NEW and ref is not None and link.metadata is None:
+        await _note_uncorrelated(rt, ref, notice.task_id)
     rt.metrics.ack_seconds.observe(time.perf_counter() - started)
     return JSONResponse({"task_id": notice.task_id, "outcome": outcome.value})
+
+
+def _correlation(request: Request, secrets: list[str]) -> Correlation:
+    """The webhook URL's reference and metadata, and the secrets that may authenticate it
+    (see receiver.correlation): parsed only when the URL has a query."""
+    if not request.scope["query_string"]:
+        return Correlation(None, None, secrets)
+    query = request.query_params
+    return correlate(query.get(REF_PARAM) or None, query.get(METADATA_PARAM), secrets)
+
+
+async def _note_uncorrelated(rt: Runtime, ref: str, task_id: str) -> None:
+    """A reference without URL metadata that no submission here knows: the handlers get empty
+    metadata. Counted and logged once per reference (a reference is one task's, and a task is
+    new once). Only old-style URLs get here: the submitter puts the metadata in the URL."""
+    if await rt.store.get_submission(ref=ref) is not None:
+        return
+    if await rt.store.get_submission(task_id=task_id) is not None:
+        return
+    rt.metrics.uncorrelated.inc()
+    log.warning(
+        "task %s came with reference %s, which no submission in this store knows, and no "
+        "metadata in its URL: its handlers get empty metadata (was it submitted by an older "
+        "submitter recording into another store?)",
+        task_id,
+        ref,
+    )
 
 
 async def healthz(request: Request) -> Response:

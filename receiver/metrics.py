@@ -20,6 +20,11 @@ class Metrics:
         )
         # Bound once: .labels() on every webhook is a measurable part of the ack path.
         self.recorded = {o: self.webhooks.labels(o.value) for o in RecordOutcome}
+        self.uncorrelated = Counter(
+            "bfl_hooks_webhooks_uncorrelated",
+            "New tasks whose webhook had a reference no submission knows and no metadata.",
+            registry=r,
+        )
         self.duplicates = Counter(
             "bfl_hooks_webhook_duplicates", "Deliveries for a task already final.", registry=r
         )

@@ -27,8 +27,22 @@ def sign(body: bytes, secret: str) -> str:
 
 
 def derive_secret(master: str, ref: str) -> str:
-    """The per-task secret for ``ref``: a leaked one authenticates that task alone."""
+    """The reference-only per-task secret (submitters before URL metadata; still accepted).
+
+    The store lets a reference authenticate one task, the first recorded under it.
+    """
     return hmac.new(master.encode(), b"bfl-hooks/task/" + ref.encode(), hashlib.sha256).hexdigest()
+
+
+def derive_bound_secret(master: str, ref: str, metadata: bytes) -> str:
+    """The per-task secret binding ``ref`` and the exact ``metadata`` bytes the URL carries.
+
+    Domain-separated from ``derive_secret``: every message here starts ``bfl-hooks/task+m/``
+    where that one's start ``bfl-hooks/task/``, so no reference makes the two meet. The
+    metadata's hash has a fixed length and comes first, so (ref, metadata) reads one way only.
+    """
+    message = b"bfl-hooks/task+m/" + hashlib.sha256(metadata).digest() + ref.encode()
+    return hmac.new(master.encode(), message, hashlib.sha256).hexdigest()
 
 
 def verify(body: bytes, headers: Mapping[str, str], secrets: Iterable[str]) -> None:

@@ -15,7 +15,7 @@ from typing import Any, Self
 import httpx
 
 from receiver import redact
-from receiver.store import Store, open_store
+from receiver.store import Store
 from submitter._api import Api
 from submitter._endpoints import (
     IMAGE_FIELDS,
@@ -35,6 +35,7 @@ from submitter._finetunes import Finetunes
 from submitter._http import API_TIMEOUT, RetryPolicy, Sender, certainly_refused
 from submitter._images import ImageInput, encode_image
 from submitter._limits import Gate
+from submitter._registry import open_existing_store
 from submitter._settings import (
     Region,
     Settings,
@@ -59,7 +60,8 @@ class BFL:
 
     ``api_key``, ``region`` and ``base_url`` override ``settings`` (read from the environment
     when not given). With ``RECEIVER_WEBHOOK_SECRET`` set, each submit asks BFL to call the
-    receiver and is recorded in the receiver's store; without it, tasks are polled.
+    receiver, with the metadata in the webhook URL, and is recorded in the receiver's store
+    when that store exists and answers (never created here); without it, tasks are polled.
     """
 
     def __init__(
@@ -120,9 +122,8 @@ class BFL:
         )
         try:
             if self._store is None and self.webhook is not None:
-                self._store = open_store(self.settings.database_url)
-                self._own_store = True
-                await self._store.open()
+                self._store = await open_existing_store(self.settings.database_url)
+                self._own_store = self._store is not None
         except BaseException:
             await self._client.aclose()
             raise
@@ -249,8 +250,12 @@ class BFL:
             region = region or await self.finetunes.region_of(str(sent["finetune_id"]))
         store = self._store
         ref = ref or secrets.token_urlsafe(16)
+        in_url = False
         if self.webhook is not None and "webhook_url" not in sent:
-            sent.update(self.webhook.fields(ref, per_task=self.per_task_secret))
+            # The metadata travels in the URL, bound to the secret (receiver.correlation): it
+            # reaches the handlers even when no store is shared with the receiver.
+            sent.update(self.webhook.fields(ref, per_task=self.per_task_secret, metadata=meta))
+            in_url = self.per_task_secret
             sent = validate_body(endpoint, sent)  # the URL too must fit (2083 characters)
         gate = self._gate
         assert gate is not None
@@ -278,7 +283,7 @@ class BFL:
             id=task_id,
             endpoint=endpoint,
             polling_url=polling_url,
-            ref=ref if store is not None else None,
+            ref=ref if store is not None or in_url else None,
             cost=_number(answer.get("cost")),
             input_mp=_number(answer.get("input_mp")),
             output_mp=_number(answer.get("output_mp")),

@@ -91,7 +91,7 @@ class Finetunes:
         body["file_data"] = base64.b64encode(archive).decode("ascii")
         ref = secrets.token_urlsafe(16)
         if self.webhook is not None and "webhook_url" not in body:
-            body.update(self.webhook.fields(ref, per_task=self.per_task_secret))
+            body.update(self.webhook.fields(ref, per_task=self.per_task_secret, metadata=meta))
         sent = validate_with(FinetuneInputs, FINETUNE, body)
         store = self.store
         if store is not None:

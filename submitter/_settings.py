@@ -5,15 +5,22 @@ The names are the ones the receiver and ``make run`` use, so one ``.env`` serves
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from receiver.correlation import (
+    CorrelationError,
+    MetadataError,
+    MetadataTooLarge,
+    webhook_link,
+)
 from receiver.settings import split_commas
-from receiver.verify import derive_secret
+from submitter._errors import ValidationError
 
 Region = Literal["global", "eu", "us"]
 LegacyRegion = Literal["eu1", "us1"]
@@ -148,17 +155,27 @@ class Webhook:
     """``RECEIVER_PUBLIC_URL`` + ``/webhooks/bfl``."""
     master: SecretStr
 
-    def fields(self, ref: str, *, per_task: bool) -> dict[str, str]:
-        """``webhook_url`` and ``webhook_secret`` for the submission ``ref``: the URL carries
-        the reference and the secret is derived from the master and it (``per_task``), or the
-        plain URL and the master itself."""
+    def fields(
+        self, ref: str, *, per_task: bool, metadata: Mapping[str, Any] | None = None
+    ) -> dict[str, str]:
+        """``webhook_url`` and ``webhook_secret`` for the submission ``ref``.
+
+        The URL carries the metadata (``receiver.correlation``), so it reaches the handlers
+        even when no store is shared with the receiver; with ``per_task`` it carries the
+        reference too, and the secret is derived from the master, the reference and the
+        metadata, else the secret is the master itself. Raises ValidationError, before anything
+        is sent, when the metadata is too large or unstorable, or the URL would not fit BFL's
+        2083 characters.
+        """
         master = self.master.get_secret_value()
-        if per_task:
-            return {
-                "webhook_url": f"{self.url}?ref={ref}",
-                "webhook_secret": derive_secret(master, ref),
-            }
-        return {"webhook_url": self.url, "webhook_secret": master}
+        try:
+            link = webhook_link(self.url, master, ref if per_task else None, metadata or {})
+        except MetadataError as exc:
+            kind = "too_long" if isinstance(exc, MetadataTooLarge) else "value_error"
+            raise ValidationError.one(("metadata",), str(exc), kind) from None
+        except CorrelationError as exc:
+            raise ValidationError.one(("webhook_url",), str(exc), "too_long") from None
+        return {"webhook_url": link.url, "webhook_secret": link.secret}
 
 
 def resolve_webhook(settings: Settings) -> Webhook | None:

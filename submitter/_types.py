@@ -18,7 +18,8 @@ class Task:
     polling_url: str | None
     """As BFL returned it (None when it answered in the webhook shape without one)."""
     ref: str | None = None
-    """The submission reference in the receiver's store (None when nothing was recorded)."""
+    """The submission's reference: in its webhook URL and the receiver's store (None when
+    neither carries one)."""
     cost: float | None = None
     input_mp: float | None = None
     output_mp: float | None = None

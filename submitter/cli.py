@@ -292,8 +292,8 @@ main.add_command(finetune)
 
 
 def _warn_metadata(bfl: BFL, metadata: dict[str, Any]) -> None:
-    if metadata and bfl.store is None:
-        say("[yellow]note:[/yellow] no receiver store: the metadata stays with this command")
+    if metadata and bfl.webhook is None:
+        say("[yellow]note:[/yellow] no webhook: the metadata stays with this command")
 
 
 async def _recorded(settings: Settings, task_id: str) -> Submission | None:

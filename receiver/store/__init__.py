@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
+from urllib.parse import urlsplit
 
 from receiver.store.base import (
     EventRecord,
@@ -31,15 +32,20 @@ __all__ = [
     "Submission",
     "open_store",
     "opened_store",
+    "store_location",
 ]
 
 
-def open_store(url: str) -> Store:
-    """A store for ``sqlite:///path`` or ``postgresql://...`` (not yet opened)."""
+def open_store(url: str, *, create: bool = True) -> Store:
+    """A store for ``sqlite:///path`` or ``postgresql://...`` (not yet opened).
+
+    ``create=False``: opening fails where there is no store yet, instead of making one (a
+    SQLite file is opened ``mode=rw``; PostgreSQL never creates a database anyway).
+    """
     if url.startswith("sqlite:"):
         from receiver.store.sqlite import SQLiteStore  # noqa: PLC0415 - load one engine only
 
-        return SQLiteStore(url)
+        return SQLiteStore(url, create=create)
     if url.startswith(("postgresql://", "postgres://")):
         from receiver.store.postgres import PostgresStore  # noqa: PLC0415
 
@@ -56,3 +62,18 @@ async def opened_store(url: str) -> AsyncIterator[Store]:
         yield store
     finally:
         await store.close()
+
+
+def store_location(url: str) -> str:
+    """Where ``url`` points, fit for a message: a SQLite path, or PostgreSQL's user, host,
+    port and database, never the password."""
+    if url.startswith("sqlite:///"):
+        return url.removeprefix("sqlite:///")
+    try:
+        parts = urlsplit(url)
+        host, port = parts.hostname or "localhost", parts.port
+    except ValueError:
+        return "an unreadable database URL"
+    user = f"{parts.username}@" if parts.username else ""
+    where = f"{host}:{port}" if port else host
+    return f"{parts.scheme}://{user}{where}{parts.path}"

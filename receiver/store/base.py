@@ -21,7 +21,16 @@ Submissions (what the submitter sent) live beside the events::
 
 A submission is prepared under a fresh reference *before* the POST, so a webhook that beats the
 POST's answer (it carries the reference in its URL) still finds the metadata. An event's
-``metadata`` is copied from its submission when either side arrives second.
+``metadata`` is copied from its submission when either side arrives second. When the webhook
+URL carries metadata itself (``receiver.correlation``), that metadata is the event's: the
+submitter writes the same to its submission, so the two agree; if they ever differ, the URL's
+(authenticated by the per-task secret) wins, and the store's fills in only an empty one.
+
+A reference authenticates one task. A submission bound to a task (its POST's answer) names
+it; until then, the first task recorded under the reference claims it (the ``webhook_refs``
+table), whether a submission is prepared, or none exists at all (a submitter sharing no store
+with this receiver, or a forged reference). Any other task id under that reference is refused
+with ForeignReference. The check and the claim happen in ``record``'s own transaction.
 
 An event's ``task_kind`` is decided when it is recorded, by webhook and poll alike: a finetune
 when its submission (by reference or task id) was made to the ``finetune`` endpoint, or when
@@ -65,8 +74,9 @@ class JobState(StrEnum):
 
 
 class ForeignReference(Exception):
-    """The webhook's reference belongs to a submission bound to another task: a per-task
-    secret authenticates its own task only, even if it leaked. Nothing was recorded."""
+    """The webhook's reference belongs to another task (its submission is bound to it, or
+    another task claimed it first): a per-task secret authenticates one task only, even if it
+    leaked. Nothing was recorded."""
 
 
 class RecordOutcome(StrEnum):
@@ -190,6 +200,7 @@ class Store(abc.ABC):
         handlers: Sequence[str],
         ref: str | None = None,
         finetune_handlers: Sequence[str] = (),
+        metadata: dict[str, Any] | None = None,
     ) -> RecordOutcome:
         """Durably record a notice; on the first terminal one, create its jobs.
 
@@ -199,7 +210,10 @@ class Store(abc.ABC):
         ``finetune_handlers`` instead, and never a download.
         ``ref`` is the submission reference the webhook URL carried: the new event takes that
         submission's metadata (else the metadata of the submission bound to its task id).
-        Raises ForeignReference, recording nothing, if ``ref`` is bound to another task.
+        ``metadata``, the metadata the URL itself carried, wins over both (and fills in an
+        existing event's empty metadata).
+        Raises ForeignReference, recording nothing, if ``ref`` belongs to another task (bound
+        to it, or claimed by it first); else the first task recorded under ``ref`` claims it.
         Returns only once the change is committed.
         """
 

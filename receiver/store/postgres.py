@@ -17,6 +17,7 @@ The SQLite store's tables and state machine (see ``base.py``), made safe for man
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -110,10 +111,18 @@ class PostgresStore(Store):
         handlers: Sequence[str],
         ref: str | None = None,
         finetune_handlers: Sequence[str] = (),
+        metadata: dict[str, Any] | None = None,
     ) -> RecordOutcome:
+        meta = json.dumps(metadata) if metadata is not None else None
         async with self.pool.acquire() as c, c.transaction():
             outcome = await _record(
-                c, notice, deadline, handlers, ref, finetune_handlers=finetune_handlers
+                c,
+                notice,
+                deadline,
+                handlers,
+                ref=ref,
+                finetune_handlers=finetune_handlers,
+                metadata=meta,
             )
         if outcome is RecordOutcome.NEW:
             self._wake.announce()
@@ -304,14 +313,13 @@ async def _record(
     notice: Notice,
     deadline: float | None,
     handlers: Sequence[str],
-    ref: str | None,
     *,
+    ref: str | None,
     finetune_handlers: Sequence[str],
+    metadata: str | None,
 ) -> RecordOutcome:
     if ref is not None:
-        bound = await c.fetchrow("SELECT task_id FROM submissions WHERE ref = $1", ref)
-        if bound is not None and bound["task_id"] not in (None, notice.task_id):
-            raise ForeignReference(ref)
+        await _claim(c, ref, notice.task_id)
     fields = (
         notice.status.value,
         _text(notice.raw_status),
@@ -324,11 +332,12 @@ async def _record(
     kind = TaskKind.GENERATION
     for _ in range(3):
         # The first delivery of a task is the common case: one statement, no lock taken.
-        # The submission's metadata (by reference, else by task id) goes in with the row.
+        # The URL's metadata, else the submission's (by reference, else by task id), goes in
+        # with the row.
         inserted = await c.fetchval(
             f"""INSERT INTO events (status, raw_status, sample_url, error, payload, deadline,
                     task_id, received_at, updated_at, metadata, task_kind)
-                VALUES ($1, $2, $3, $4, $5, $6, $7, {NOW}, {NOW}, coalesce(
+                VALUES ($1, $2, $3, $4, $5, $6, $7, {NOW}, {NOW}, coalesce($10::jsonb,
                     (SELECT metadata FROM submissions WHERE ref = $8 OR task_id = $7
                      ORDER BY ref = $8 DESC NULLS LAST LIMIT 1), '{{}}'), {_KIND})
                 ON CONFLICT (task_id) DO NOTHING RETURNING task_kind""",
@@ -336,6 +345,7 @@ async def _record(
             notice.task_id,
             ref,
             hint,
+            metadata,
         )
         if inserted:
             kind = TaskKind(inserted)
@@ -351,20 +361,23 @@ async def _record(
             # Already final, or nothing new: count the delivery, keep what was recorded first
             # (a late Pending must not overwrite a Ready).
             await c.execute(
-                f"""UPDATE events SET deliveries = deliveries + 1, updated_at = {NOW}
-                    WHERE task_id = $1""",
+                f"""UPDATE events SET deliveries = deliveries + 1, updated_at = {NOW},
+                        metadata = {_fill_metadata("$2")} WHERE task_id = $1""",
                 notice.task_id,
+                metadata,
             )
             return RecordOutcome.DUPLICATE if Status(old).terminal else RecordOutcome.PROGRESS
         updated = await c.fetchval(
             f"""UPDATE events SET status = $1, raw_status = $2, sample_url = $3, error = $4,
                     payload = $5, deadline = $6, deliveries = deliveries + 1, updated_at = {NOW},
+                    metadata = {_fill_metadata("$10")},
                     task_kind = CASE WHEN task_kind = 'finetune' THEN 'finetune' ELSE {_KIND} END
                 WHERE task_id = $7 RETURNING task_kind""",
             *fields,
             notice.task_id,
             ref,
             hint,
+            metadata,
         )
         kind = TaskKind(updated)
         break
@@ -383,6 +396,34 @@ async def _record(
     else:
         await _add_handler_jobs(c, notice.task_id, handlers)
     return RecordOutcome.NEW
+
+
+def _fill_metadata(param: str) -> str:
+    """The URL's metadata (``param``) replaces an event's only while that one is empty."""
+    return f"coalesce(CASE WHEN metadata = '{{}}'::jsonb THEN {param}::jsonb END, metadata)"
+
+
+async def _claim(c: Connection, ref: str, task_id: str) -> None:
+    """Raise ForeignReference unless ``ref`` is ``task_id``'s: bound to it, or claimed by it
+    now or before (see base.py). One statement: the submission's binding, and the claim's
+    owner; ON CONFLICT DO UPDATE locks a claim made concurrently (by any replica) and returns
+    its owner once that one commits."""
+    row = await c.fetchrow(
+        f"""WITH bound AS (SELECT task_id FROM submissions WHERE ref = $1),
+                claim AS (
+                    INSERT INTO webhook_refs (ref, task_id, claimed_at)
+                    SELECT $1, $2, {NOW}
+                    WHERE NOT EXISTS (SELECT 1 FROM bound WHERE task_id IS NOT NULL)
+                    ON CONFLICT (ref) DO UPDATE SET ref = excluded.ref
+                    RETURNING task_id)
+            SELECT (SELECT task_id FROM bound) AS bound, (SELECT task_id FROM claim) AS owner""",
+        ref,
+        task_id,
+    )
+    assert row is not None
+    owner = row["bound"] if row["bound"] is not None else row["owner"]
+    if owner != task_id:
+        raise ForeignReference(ref)
 
 
 def _text(value: str | None) -> str | None:

@@ -89,6 +89,14 @@ MIGRATIONS = [
     ALTER TABLE events ADD COLUMN task_kind text NOT NULL DEFAULT 'generation'
         CHECK (task_kind IN ('generation', 'finetune'));
     """,
+    # The task that first claimed a reference no bound submission names (see base.py).
+    """
+    CREATE TABLE webhook_refs (
+        ref        text PRIMARY KEY,
+        task_id    text NOT NULL,
+        claimed_at double precision NOT NULL
+    );
+    """,
 ]
 
 #: Held while migrating, so replicas starting together apply each migration once, in turn.

@@ -104,6 +104,14 @@ MIGRATIONS = [
     """
     ALTER TABLE events ADD COLUMN task_kind TEXT NOT NULL DEFAULT 'generation'
     """,
+    # The task that first claimed a reference no bound submission names (see base.py).
+    """
+    CREATE TABLE webhook_refs (
+        ref        TEXT PRIMARY KEY,
+        task_id    TEXT NOT NULL,
+        claimed_at REAL NOT NULL
+    );
+    """,
 ]
 
 
@@ -118,9 +126,11 @@ def sqlite_path(url: str) -> str:
 class SQLiteStore(Store):
     """Events and jobs in one SQLite file; one writer thread commits batches."""
 
-    def __init__(self, url: str, *, synchronous: str = "FULL") -> None:
+    def __init__(self, url: str, *, synchronous: str = "FULL", create: bool = True) -> None:
         self.path = sqlite_path(url)
-        self._db = SQLiteThread(self.path, synchronous=synchronous)
+        self.create = create
+        """False: open an existing file only (``sqlite3.OperationalError`` if there is none)."""
+        self._db = SQLiteThread(self.path, synchronous=synchronous, create=create)
         self._work = asyncio.Event()
 
     @property
@@ -128,7 +138,7 @@ class SQLiteStore(Store):
         return self._db.commits
 
     async def open(self) -> None:
-        if self.path != ":memory:":
+        if self.create and self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         await asyncio.to_thread(self._db.start)
         await self._db.run(_migrate)
@@ -147,10 +157,18 @@ class SQLiteStore(Store):
         handlers: Sequence[str],
         ref: str | None = None,
         finetune_handlers: Sequence[str] = (),
+        metadata: dict[str, Any] | None = None,
     ) -> RecordOutcome:
+        meta = json.dumps(metadata) if metadata is not None else None
         outcome = await self._db.run(
             lambda c: _record(
-                c, notice, deadline, handlers, ref, finetune_handlers=finetune_handlers
+                c,
+                notice,
+                deadline,
+                handlers,
+                ref=ref,
+                finetune_handlers=finetune_handlers,
+                metadata=meta,
             )
         )
         if outcome is RecordOutcome.NEW:
@@ -441,15 +459,14 @@ def _record(
     notice: Notice,
     deadline: float | None,
     handlers: Sequence[str],
-    ref: str | None,
     *,
+    ref: str | None,
     finetune_handlers: Sequence[str],
+    metadata: str | None,
 ) -> RecordOutcome:
-    if ref is not None:
-        bound = c.execute("SELECT task_id FROM submissions WHERE ref = ?", (ref,)).fetchone()
-        if bound is not None and bound[0] not in (None, notice.task_id):
-            raise ForeignReference(ref)
     now = time.time()
+    if ref is not None:
+        _claim(c, ref, notice.task_id, now)
     fields = (
         notice.status.value,
         notice.raw_status,
@@ -458,17 +475,17 @@ def _record(
         notice.raw,
         deadline,
     )
-    # The metadata comes from the submission, found by the webhook's reference or else by
-    # task id, in the same statement: one statement per new webhook.
+    # The metadata is the URL's, else the submission's, found by the webhook's reference or
+    # else by task id, in the same statement: one statement per new webhook.
     kind_params = (names_finetune(notice), ref, notice.task_id)
     inserted = c.execute(
         f"""INSERT INTO events (status, raw_status, sample_url, error, payload, deadline,
                task_id, received_at, updated_at, metadata, task_kind)
-           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, coalesce(
+           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, coalesce(?,
                (SELECT metadata FROM submissions WHERE ref = ? OR task_id = ?
                 ORDER BY ref = ? DESC LIMIT 1), '{{}}'), {_KIND})
            ON CONFLICT (task_id) DO NOTHING RETURNING task_kind""",
-        (*fields, notice.task_id, now, now, ref, notice.task_id, ref, *kind_params),
+        (*fields, notice.task_id, now, now, metadata, ref, notice.task_id, ref, *kind_params),
     ).fetchall()
     if inserted:
         kind = TaskKind(inserted[0][0])
@@ -482,16 +499,18 @@ def _record(
             # Already final, or nothing new: count the delivery, keep what was recorded first
             # (a late Pending must not overwrite a Ready).
             c.execute(
-                "UPDATE events SET deliveries = deliveries + 1, updated_at = ? WHERE task_id = ?",
-                (now, notice.task_id),
+                f"""UPDATE events SET deliveries = deliveries + 1, updated_at = ?,
+                        metadata = {_FILL_METADATA} WHERE task_id = ?""",
+                (now, metadata, notice.task_id),
             )
             return RecordOutcome.DUPLICATE if known.terminal else RecordOutcome.PROGRESS
         updated = c.execute(
             f"""UPDATE events SET status = ?, raw_status = ?, sample_url = ?, error = ?,
                    payload = ?, deadline = ?, deliveries = deliveries + 1, updated_at = ?,
+                   metadata = {_FILL_METADATA},
                    task_kind = CASE WHEN task_kind = 'finetune' THEN 'finetune' ELSE {_KIND} END
                WHERE task_id = ? RETURNING task_kind""",
-            (*fields, now, *kind_params, notice.task_id),
+            (*fields, now, metadata, *kind_params, notice.task_id),
         ).fetchall()
         kind = TaskKind(updated[0][0])
     if not notice.status.terminal:
@@ -507,6 +526,27 @@ def _record(
     else:
         _add_handler_jobs(c, notice.task_id, handlers, now)
     return RecordOutcome.NEW
+
+
+#: The URL's metadata (the parameter) replaces an event's only while that one is empty.
+_FILL_METADATA = "coalesce(CASE WHEN metadata = '{}' THEN ? END, metadata)"
+
+
+def _claim(c: sqlite3.Connection, ref: str, task_id: str, now: float) -> None:
+    """Raise ForeignReference unless ``ref`` is ``task_id``'s: bound to it, or claimed by it
+    now or before (see base.py). The caller's transaction makes check and claim one step."""
+    bound = c.execute("SELECT task_id FROM submissions WHERE ref = ?", (ref,)).fetchone()
+    if bound is not None and bound[0] is not None:
+        if bound[0] != task_id:
+            raise ForeignReference(ref)
+        return
+    c.execute(
+        "INSERT OR IGNORE INTO webhook_refs (ref, task_id, claimed_at) VALUES (?, ?, ?)",
+        (ref, task_id, now),
+    )
+    owner = c.execute("SELECT task_id FROM webhook_refs WHERE ref = ?", (ref,)).fetchone()[0]
+    if owner != task_id:
+        raise ForeignReference(ref)
 
 
 def _add_handler_jobs(

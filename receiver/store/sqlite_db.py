@@ -18,6 +18,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
+from urllib.parse import quote
 
 T = TypeVar("T")
 
@@ -46,9 +47,10 @@ class DatabaseFileGone(OSError):
 class SQLiteThread:
     """Runs functions of one ``sqlite3.Connection`` on a dedicated thread, batched per commit."""
 
-    def __init__(self, path: str, *, synchronous: str = "FULL") -> None:
+    def __init__(self, path: str, *, synchronous: str = "FULL", create: bool = True) -> None:
         self._path = path
         self._synchronous = synchronous
+        self._create = create
         self._queue: queue.SimpleQueue[_Call | object] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
@@ -80,7 +82,11 @@ class SQLiteThread:
         return await future
 
     def _connect(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+        target, uri = self._path, False
+        if not self._create and self._path != ":memory:":
+            # mode=rw: open the file if it is there, fail (never create it) if it is not.
+            target, uri = f"file:{quote(self._path)}?mode=rw", True
+        conn = sqlite3.connect(target, isolation_level=None, check_same_thread=False, uri=uri)
         conn.row_factory = sqlite3.Row
         conn.execute("PRAGMA busy_timeout = 10000")
         conn.execute("PRAGMA journal_mode = WAL")

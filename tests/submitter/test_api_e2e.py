@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 import submitter
-from receiver.store import open_store
+from receiver.store import open_store, opened_store
 from tests.submitter.conftest import CountingTransport, World, sandbox
 
 pytestmark = pytest.mark.anyio
@@ -145,6 +145,8 @@ async def test_answer_without_polling_url_falls_back_to_the_submit_host(tmp_path
     # was submitted to, and nothing is bound for the reconciler to poll wrongly.
     with sandbox(submit_response="webhook", strict_regions=False) as api:
         db = f"sqlite:///{tmp_path}/r.db"
+        async with opened_store(db):
+            pass  # the receiver's store exists (the submitter never creates one)
         values: dict[str, Any] = {
             "api_key": "k",
             "api_url": api,

@@ -17,7 +17,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 import submitter
-from receiver.verify import derive_secret
+from receiver.verify import derive_bound_secret, derive_secret
 from submitter._http import parse_retry_after
 from tests.servers import loopback_socket, serve
 from tests.submitter.conftest import CountingTransport, World, sandbox
@@ -258,15 +258,19 @@ async def test_webhook_fields_carry_a_per_task_or_the_shared_secret(
         async with submitter.BFL(settings=settings, per_task_secret=per_task) as bfl:
             task = await bfl.generate("flux-dev", "hooked", metadata={"chat": 1})
     (body,) = script.bodies
-    assert task.ref is not None
+    m = "eyJjaGF0IjoxfQ"  # base64url of the compact JSON {"chat":1}
     if per_task:
-        assert body["webhook_url"] == f"http://127.0.0.1:9/base/webhooks/bfl?ref={task.ref}"
-        assert body["webhook_secret"] == derive_secret("master-secret", task.ref)
+        assert task.ref is not None
+        assert body["webhook_url"] == f"http://127.0.0.1:9/base/webhooks/bfl?ref={task.ref}&m={m}"
+        secret = derive_bound_secret("master-secret", task.ref, b'{"chat":1}')
+        assert body["webhook_secret"] == secret
+        assert secret != derive_secret("master-secret", task.ref)
     else:
-        assert body["webhook_url"] == "http://127.0.0.1:9/base/webhooks/bfl"
+        assert task.ref is None  # no store here, and the URL carries no reference
+        assert body["webhook_url"] == f"http://127.0.0.1:9/base/webhooks/bfl?m={m}"
         assert body["webhook_secret"] == "master-secret"
     assert body["prompt"] == "hooked"
-    assert "metadata" not in body  # it stays with us, in the store
+    assert "metadata" not in body  # it travels in the webhook URL only
 
 
 async def test_hostile_finetune_sources_and_misuse(tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 import submitter
+from receiver.store import Store
 from tests.submitter.conftest import sandbox
 
 pytestmark = pytest.mark.anyio
@@ -19,8 +20,9 @@ def anyio_backend() -> str:
 
 
 async def test_submissions_are_recorded_and_counted_on_both_engines(
-    store_url: str, tmp_path: Path
+    store_url: str, store: Store, tmp_path: Path
 ) -> None:
+    # ``store``: the receiver's store exists before the submitter records into it.
     with sandbox(credits=3) as api:  # one flux-dev (2.5 credits), then 402
         values: dict[str, Any] = {
             "api_key": "k",
@@ -32,8 +34,8 @@ async def test_submissions_are_recorded_and_counted_on_both_engines(
         }
         settings = submitter.Settings(_env_file=None, **values)  # type: ignore[call-arg]
         async with submitter.BFL(settings=settings) as bfl:
+            assert bfl.store is not None
             store = bfl.store
-            assert store is not None
             task = await bfl.generate("flux-dev", "recorded", metadata={"chat": 7})
             recorded = await store.get_submission(task_id=task.id)
             assert recorded is not None
