@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
+from receiver.dsn import dsn_target
 from receiver.events import Status
 from receiver.payload import Notice
 from receiver.store import postgres_submissions as submissions
@@ -36,7 +37,10 @@ from receiver.store.base import (
     QueueCounts,
     RecordOutcome,
     Store,
+    StoreMissing,
     Submission,
+    Via,
+    cap_traceback,
 )
 from receiver.store.postgres_rows import rowcount
 from receiver.store.postgres_schema import migrate
@@ -54,9 +58,16 @@ class PostgresStore(Store):
     """Events and jobs in PostgreSQL, through a connection pool; see the module docstring."""
 
     def __init__(
-        self, url: str, *, min_size: int = 1, max_size: int = 10, command_timeout: float = 60.0
+        self,
+        url: str,
+        *,
+        min_size: int = 1,
+        max_size: int = 10,
+        command_timeout: float = 60.0,
+        create: bool = True,
     ) -> None:
         self.url = url
+        self.create = create
         self._min_size = min_size
         self._max_size = max_size
         self._command_timeout = command_timeout
@@ -78,6 +89,11 @@ class PostgresStore(Store):
         )
         try:
             async with self._pool.acquire() as conn:
+                if not self.create and await conn.fetchval(
+                    "SELECT to_regclass('schema_version') IS NULL"
+                ):
+                    # The database exists but no receiver ever used it: a wrong URL.
+                    raise StoreMissing(f"{dsn_target(self.url)} (it has no receiver schema)")
                 await migrate(conn)
             await self._wake.start(self._pool)
         except BaseException:
@@ -100,9 +116,10 @@ class PostgresStore(Store):
         deadline: float | None,
         handlers: Sequence[str],
         ref: str | None = None,
+        via: Via = Via.WEBHOOK,
     ) -> RecordOutcome:
         async with self.pool.acquire() as c, c.transaction():
-            outcome = await _record(c, notice, deadline, handlers, ref)
+            outcome = await _record(c, notice, deadline, handlers, ref, via=via)
         if outcome is RecordOutcome.NEW:
             self._wake.announce()
         return outcome
@@ -185,11 +202,15 @@ class PostgresStore(Store):
             self._wake.announce()
         return True
 
-    async def retry(self, job: Job, error: str, delay: float) -> bool:
-        return await _finish(self.pool, job, JobState.QUEUED, error, "retry", delay=delay)
+    async def retry(
+        self, job: Job, error: str, delay: float, *, traceback: str | None = None
+    ) -> bool:
+        return await _finish(
+            self.pool, job, JobState.QUEUED, error, "retry", delay=delay, tb=traceback
+        )
 
-    async def bury(self, job: Job, error: str) -> bool:
-        return await _finish(self.pool, job, JobState.DEAD, error, "dead")
+    async def bury(self, job: Job, error: str, *, traceback: str | None = None) -> bool:
+        return await _finish(self.pool, job, JobState.DEAD, error, "dead", tb=traceback)
 
     async def reap(self) -> int:
         # SKIP LOCKED: a row locked right now is being claimed, renewed or finished; leave it
@@ -231,15 +252,39 @@ class PostgresStore(Store):
         return event_from(row) if row is not None else None
 
     async def list_events(
-        self, *, status: Status | None = None, limit: int = 100
+        self, *, status: Status | None = None, limit: int = 100, dead_only: bool = False
     ) -> list[EventRecord]:
         rows = await self.pool.fetch(
             """SELECT * FROM events WHERE ($1::text IS NULL OR status = $1)
+               AND (NOT $3 OR EXISTS (SELECT 1 FROM jobs WHERE jobs.task_id = events.task_id
+                                      AND jobs.state = 'dead'))
                ORDER BY received_at DESC, task_id LIMIT $2""",
             status.value if status is not None else None,
             limit,
+            dead_only,
         )
         return [event_from(r) for r in rows]
+
+    async def jobs_of(self, task_ids: Sequence[str]) -> list[Job]:
+        rows = await self.pool.fetch(
+            "SELECT * FROM jobs WHERE task_id = ANY($1::text[]) ORDER BY task_id, id",
+            list(task_ids),
+        )
+        return [job_from(r) for r in rows]
+
+    async def dead_jobs(self, limit: int = 100) -> list[Job]:
+        rows = await self.pool.fetch(
+            """SELECT * FROM jobs WHERE state = 'dead'
+               ORDER BY updated_at DESC, id DESC LIMIT $1""",
+            limit,
+        )
+        return [job_from(r) for r in rows]
+
+    async def image_hashes(self) -> set[str]:
+        rows = await self.pool.fetch(
+            "SELECT DISTINCT image_sha256 FROM events WHERE image_sha256 IS NOT NULL"
+        )
+        return {r["image_sha256"] for r in rows}
 
     async def jobs_for(self, task_id: str) -> list[Job]:
         rows = await self.pool.fetch("SELECT * FROM jobs WHERE task_id = $1 ORDER BY id", task_id)
@@ -279,6 +324,8 @@ async def _record(
     deadline: float | None,
     handlers: Sequence[str],
     ref: str | None,
+    *,
+    via: Via,
 ) -> RecordOutcome:
     if ref is not None:
         bound = await c.fetchrow("SELECT task_id FROM submissions WHERE ref = $1", ref)
@@ -292,19 +339,23 @@ async def _record(
         notice.raw,  # JSON text: a NUL in it is still the escape \u0000, which json accepts
         deadline,
     )
+    # Only webhooks are deliveries: a polled result is not one.
+    delivered = 1 if via is Via.WEBHOOK else 0
     for _ in range(3):
         # The first delivery of a task is the common case: one statement, no lock taken.
         # The submission's metadata (by reference, else by task id) goes in with the row.
         inserted = await c.fetchval(
             f"""INSERT INTO events (status, raw_status, sample_url, error, payload, deadline,
-                    task_id, received_at, updated_at, metadata)
-                VALUES ($1, $2, $3, $4, $5, $6, $7, {NOW}, {NOW}, coalesce(
+                    task_id, received_at, updated_at, via, deliveries, metadata)
+                VALUES ($1, $2, $3, $4, $5, $6, $7, {NOW}, {NOW}, $9, $10, coalesce(
                     (SELECT metadata FROM submissions WHERE ref = $8 OR task_id = $7
                      ORDER BY ref = $8 DESC NULLS LAST LIMIT 1), '{{}}'))
                 ON CONFLICT (task_id) DO NOTHING RETURNING true""",
             *fields,
             notice.task_id,
             ref,
+            via.value,
+            delivered,
         )
         if inserted:
             break
@@ -319,17 +370,21 @@ async def _record(
             # Already final, or nothing new: count the delivery, keep what was recorded first
             # (a late Pending must not overwrite a Ready).
             await c.execute(
-                f"""UPDATE events SET deliveries = deliveries + 1, updated_at = {NOW}
+                f"""UPDATE events SET deliveries = deliveries + $2, updated_at = {NOW}
                     WHERE task_id = $1""",
                 notice.task_id,
+                delivered,
             )
             return RecordOutcome.DUPLICATE if Status(old).terminal else RecordOutcome.PROGRESS
         await c.execute(
             f"""UPDATE events SET status = $1, raw_status = $2, sample_url = $3, error = $4,
-                    payload = $5, deadline = $6, deliveries = deliveries + 1, updated_at = {NOW}
+                    payload = $5, deadline = $6, deliveries = deliveries + $8,
+                    updated_at = {NOW}, via = $9
                 WHERE task_id = $7""",
             *fields,
             notice.task_id,
+            delivered,
+            via.value,
         )
         break
     else:
@@ -372,6 +427,7 @@ async def _finish(
     outcome: str,
     *,
     delay: float | None = None,
+    tb: str | None = None,
 ) -> bool:
     """Move a running job on, fenced by its lease, and record the attempt: one statement."""
     finished = await c.fetchval(
@@ -380,14 +436,16 @@ async def _finish(
                     run_at = coalesce({NOW} + $3::double precision, run_at), updated_at = {NOW}
                 WHERE id = $4 AND lease = $5 AND state = 'running'
                 RETURNING id, attempts)
-            INSERT INTO job_runs (job_id, attempt, outcome, error, finished_at)
-            SELECT id, attempts, $6, $2, {NOW} FROM moved
+            INSERT INTO job_runs (job_id, attempt, outcome, error, finished_at, traceback)
+            SELECT id, attempts, $6, $2, {NOW}, $7 FROM moved
             RETURNING true""",
         state.value,
-        error,
+        # A handler's exception may carry a NUL, which PostgreSQL text cannot hold.
+        _text(error),
         delay,
         job.id,
         job.lease,
         outcome,
+        _text(cap_traceback(tb)),
     )
     return bool(finished)

@@ -7,7 +7,16 @@ import json
 from typing import Any, Protocol
 
 from receiver.events import Status
-from receiver.store.base import EventRecord, ImageRecord, Job, JobKind, JobRun, JobState, Submission
+from receiver.store.base import (
+    EventRecord,
+    ImageRecord,
+    Job,
+    JobKind,
+    JobRun,
+    JobState,
+    Submission,
+    Via,
+)
 
 
 class Row(Protocol):
@@ -33,6 +42,7 @@ def event_from(r: Row) -> EventRecord:
         deliveries=r["deliveries"],
         deadline=r["deadline"],
         image=image,
+        via=Via(r["via"]),
     )
 
 
@@ -53,7 +63,9 @@ def job_from(r: Row) -> Job:
 
 
 def run_from(r: Row) -> JobRun:
-    return JobRun(r["job_id"], r["attempt"], r["outcome"], r["error"], r["finished_at"])
+    return JobRun(
+        r["job_id"], r["attempt"], r["outcome"], r["error"], r["finished_at"], r["traceback"]
+    )
 
 
 def submission_from(r: Row) -> Submission:

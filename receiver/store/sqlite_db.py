@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import queue
 import sqlite3
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -36,9 +38,10 @@ _STOP = object()
 class SQLiteThread:
     """Runs functions of one ``sqlite3.Connection`` on a dedicated thread, batched per commit."""
 
-    def __init__(self, path: str, *, synchronous: str = "FULL") -> None:
+    def __init__(self, path: str, *, synchronous: str = "FULL", create: bool = True) -> None:
         self._path = path
         self._synchronous = synchronous
+        self._create = create
         self._queue: queue.SimpleQueue[_Call | object] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
@@ -69,7 +72,11 @@ class SQLiteThread:
         return await future
 
     def _connect(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+        target, uri = self._path, False
+        if not self._create and self._path != ":memory:":
+            # mode=rw: open an existing file or fail, never create an empty one in its place.
+            target, uri = Path(os.path.abspath(self._path)).as_uri() + "?mode=rw", True
+        conn = sqlite3.connect(target, isolation_level=None, check_same_thread=False, uri=uri)
         conn.row_factory = sqlite3.Row
         conn.execute("PRAGMA busy_timeout = 10000")
         conn.execute("PRAGMA journal_mode = WAL")
