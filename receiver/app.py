@@ -7,7 +7,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import httpx
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -21,6 +21,7 @@ from receiver.handlers import Handler, HandlerSet, load_handlers
 from receiver.metrics import Metrics
 from receiver.payload import PayloadError, parse_notice
 from receiver.reconciler import Reconciler
+from receiver.refusals import RefusedWebhooks
 from receiver.settings import Settings
 from receiver.storage import Storage, open_storage
 from receiver.store import RecordOutcome, Store, open_store
@@ -45,6 +46,8 @@ class Runtime:
     handlers: HandlerSet
     metrics: Metrics
     secrets: list[str]
+    refused: RefusedWebhooks = field(default_factory=RefusedWebhooks)
+    """Webhooks refused for their secret, for the reconciler's hint (``refusals.py``)."""
 
 
 class BodyTooLarge(Exception):
@@ -95,6 +98,7 @@ def create_app(settings: Settings, *, handlers: Mapping[str, Handler] | None = N
                     client=client,
                     metrics=metrics,
                     handlers_for=handler_set.names_for,
+                    refused=app.state.runtime.refused,
                 )
                 for name, job in (("worker", worker.run()), ("reconciler", reconciler.run())):
                     task = asyncio.create_task(job, name=f"receiver-{name}")
@@ -156,6 +160,7 @@ async def webhook(request: Request) -> Response:
     except VerificationError as exc:
         rt.metrics.webhooks.labels("unauthorized").inc()
         log.warning("webhook refused: %s", exc)  # the reason, never the secret
+        rt.refused.refused(body, ref)
         return _problem(401, "unauthorized")
     try:
         notice = parse_notice(body)

@@ -114,7 +114,7 @@ def print_event(
             str(j.id),
             j.kind.value,
             plain(j.handler or "-"),
-            states_text({j.state.value: 1}) if j.state is JobState.DEAD else j.state.value,
+            Text(j.state.value, style="bold red" if j.state is JobState.DEAD else ""),
             str(j.attempts),
             plain(j.last_error or ""),
         )

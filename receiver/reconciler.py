@@ -21,8 +21,9 @@ from receiver.download import host_allowed, url_deadline
 from receiver.events import Status
 from receiver.metrics import Metrics
 from receiver.payload import PayloadError, notice_from_payload
+from receiver.refusals import RefusedWebhooks
 from receiver.settings import Settings
-from receiver.store import RecordOutcome, Store, Submission
+from receiver.store import RecordOutcome, Store, Submission, Via
 
 log = logging.getLogger("receiver.reconciler")
 
@@ -50,12 +51,14 @@ class Reconciler:
         client: httpx.AsyncClient,
         metrics: Metrics,
         handlers_for: Callable[[Status], list[str]],
+        refused: RefusedWebhooks | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
         self.client = client
         self.metrics = metrics
         self.handlers_for = handlers_for
+        self.refused = refused
         self._limit = asyncio.Semaphore(CONCURRENCY)
 
     async def run(self) -> None:
@@ -114,9 +117,12 @@ class Reconciler:
             deadline=deadline,
             handlers=self.handlers_for(notice.status),
             ref=sub.ref,
+            via=Via.POLLING,
         )
         await self.store.reconciled(sub.ref, MAX_POLL_BACKOFF)
         if outcome is RecordOutcome.NEW:
             log.info("task %s finished by polling (no webhook came)", sub.task_id)
+            if self.refused is not None:
+                self.refused.arrived_by_polling(sub.task_id, sub.ref)
             return "recovered"
         return "already_final"

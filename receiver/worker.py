@@ -12,6 +12,7 @@ import contextlib
 import logging
 import random
 import time
+import traceback
 import uuid
 from collections.abc import Awaitable, Callable
 
@@ -21,6 +22,7 @@ from receiver.download import DownloadError, fetch_sample
 from receiver.events import Event, StoredImage
 from receiver.handlers import HandlerSet
 from receiver.metrics import Metrics
+from receiver.render import literal
 from receiver.settings import Settings
 from receiver.storage import Storage
 from receiver.store.base import EventRecord, ImageRecord, Job, JobKind, Store
@@ -198,22 +200,33 @@ class Worker:
                 await handler(event)
         except Exception as exc:
             error = f"{type(exc).__name__}: {exc}"[:2000]
+            # Kept with the run (the store caps it) for `bfl-receiver show`.
+            trace = traceback.format_exc()
             if job.attempts >= self.settings.handler_max_attempts:
                 log.warning(
                     "task %s: handler %s dead after %d attempts: %s",
                     job.task_id,
                     job.handler,
                     job.attempts,
-                    error,
+                    literal(error),
                 )
                 self.metrics.handler_runs.labels(job.handler, "dead").inc()
-                await self.store.bury(job, error)
+                await self.store.bury(job, error, traceback=trace)
             else:
                 delay = backoff(
                     self.settings.handler_backoff_seconds, job.attempts, MAX_HANDLER_BACKOFF
                 )
+                log.info(
+                    "task %s: handler %s failed (attempt %d of %d), retrying in %.1f s: %s",
+                    job.task_id,
+                    job.handler,
+                    job.attempts,
+                    self.settings.handler_max_attempts,
+                    delay,
+                    literal(error),
+                )
                 self.metrics.handler_runs.labels(job.handler, "retry").inc()
-                await self.store.retry(job, error, delay)
+                await self.store.retry(job, error, delay, traceback=trace)
             return
         self.metrics.handler_runs.labels(job.handler, "ok").inc()
         await self.store.complete(job)
