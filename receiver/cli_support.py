@@ -72,8 +72,10 @@ def store_error(url: str, exc: BaseException) -> str | None:
             "(bfl-receiver serve creates one)"
         )
     postgres = url.startswith(("postgresql:", "postgres:"))
-    if postgres and (isinstance(exc, OSError) or _from_asyncpg(exc)):
+    if postgres and isinstance(exc, OSError):  # refused, unknown host, timed out
         return f"cannot reach PostgreSQL at {dsn_target(url)}: {cause}"
+    if postgres and _from_asyncpg(exc):  # the server answered: a password, a database...
+        return f"cannot open the PostgreSQL store at {dsn_target(url)}: {cause}"
     if isinstance(exc, sqlite3.Error | OSError):
         where = url.removeprefix("sqlite:///")
         return f"cannot use the SQLite store {os.path.abspath(where)}: {cause}"
