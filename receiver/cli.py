@@ -7,7 +7,6 @@ import logging
 import re
 import socket
 import sys
-from dataclasses import asdict
 from typing import Any
 
 import click
@@ -19,6 +18,7 @@ from receiver.cli_render import (
     events_table,
     job_json,
     print_event,
+    run_json,
 )
 from receiver.cli_support import load_settings, store_error, with_store
 from receiver.events import Status
@@ -166,7 +166,7 @@ def show(task_id: str, as_json: bool) -> None:
         shown = {
             "event": event_json(event, jobs),
             "jobs": [job_json(j) for j in jobs],
-            "runs": [asdict(r) for r in runs],
+            "runs": [run_json(r) for r in runs],
         }
         click.echo(dumps(shown, indent=2))
         return

@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from receiver.render import dumps, plain
+from receiver.render import dumps, hide_queries, plain
 from receiver.store import EventRecord, Job, JobRun, JobState, Via
 
 #: Worst first: the order job states are summed up in.
@@ -60,6 +60,9 @@ def states_text(states: dict[str, int]) -> Text:
 
 def event_json(event: EventRecord, jobs: Sequence[Job] | None = None) -> dict[str, Any]:
     data = asdict(event)
+    # What BFL sent, minus the signatures of its sample URLs (a credential until they expire).
+    for field in ("sample_url", "payload", "error"):
+        data[field] = hide_queries(data[field])
     data["status"] = event.status.value
     data["via"] = event.via.value
     if jobs is not None:
@@ -68,7 +71,24 @@ def event_json(event: EventRecord, jobs: Sequence[Job] | None = None) -> dict[st
 
 
 def job_json(job: Job) -> dict[str, Any]:
-    return asdict(job) | {"kind": job.kind.value, "state": job.state.value}
+    return asdict(job) | {
+        "kind": job.kind.value,
+        "state": job.state.value,
+        "last_error": hide_queries(job.last_error),
+    }
+
+
+def run_json(run: JobRun) -> dict[str, Any]:
+    return asdict(run) | {
+        "error": hide_queries(run.error),
+        "traceback": hide_queries(run.traceback),
+    }
+
+
+def _error(text: str | None, *, multiline: bool = False) -> Text:
+    """A handler's or a download's error: literal, and without any URL's query (an
+    exception message may quote a signed URL)."""
+    return plain(hide_queries(text or ""), multiline=multiline)
 
 
 def events_table(found: Sequence[EventRecord], jobs: dict[str, list[Job]]) -> Table:
@@ -98,7 +118,7 @@ def print_event(
     out.print(head)
     out.print(f"received {when(event.received_at)}, {arrival(event)}")
     if event.error:
-        out.print(Text("error: ").append_text(plain(event.error)))
+        out.print(Text("error: ").append_text(_error(event.error)))
     if event.image:
         image = event.image
         out.print(
@@ -116,7 +136,7 @@ def print_event(
             plain(j.handler or "-"),
             Text(j.state.value, style="bold red" if j.state is JobState.DEAD else ""),
             str(j.attempts),
-            plain(j.last_error or ""),
+            _error(j.last_error),
         )
     out.print(table)
     if not runs:
@@ -124,13 +144,13 @@ def print_event(
     history = Table("job", "attempt", "outcome", "finished", "error")
     for r in runs:
         history.add_row(
-            str(r.job_id), str(r.attempt), r.outcome, when(r.finished_at), plain(r.error or "")
+            str(r.job_id), str(r.attempt), r.outcome, when(r.finished_at), _error(r.error)
         )
     out.print(history)
     for r in runs:
         if r.traceback:
             out.print(Text(f"traceback of job {r.job_id}, attempt {r.attempt}:", style="bold"))
-            out.print(plain(r.traceback.rstrip("\n"), multiline=True))
+            out.print(_error(r.traceback.rstrip("\n"), multiline=True))
 
 
 def dead_table(jobs: Sequence[Job]) -> Table:
@@ -143,6 +163,6 @@ def dead_table(jobs: Sequence[Job]) -> Table:
             plain(j.handler or "-"),
             str(j.attempts),
             when(j.updated_at),
-            plain(j.last_error or ""),
+            _error(j.last_error),
         )
     return table

@@ -49,6 +49,23 @@ def plain(value: object, *, multiline: bool = False, style: str = "") -> Text:
     return Text(literal(value, multiline=multiline), style=style)
 
 
+#: An http(s) URL's query: on a sample URL it is the signature (``sig=``), a credential.
+_QUERY = re.compile(r"(\bhttps?://[^\s?#\"'<>]+)\?[^\s#\"'<>]*", re.IGNORECASE)
+HIDDEN_QUERY = "?(query hidden)"
+
+
+def hide_queries(value: Any) -> Any:
+    """``value`` with the query of every http(s) URL in its strings replaced (signed sample
+    URLs carry their signature there), anywhere inside dicts and lists."""
+    if isinstance(value, str):
+        return _QUERY.sub(lambda m: m.group(1) + HIDDEN_QUERY, value) if "?" in value else value
+    if isinstance(value, dict):
+        return {k: hide_queries(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [hide_queries(v) for v in value]
+    return value
+
+
 def finite(value: Any) -> Any:
     """``value`` with NaN and ±Infinity (anywhere inside) replaced by None, for strict JSON."""
     if isinstance(value, float):

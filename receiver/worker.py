@@ -22,7 +22,7 @@ from receiver.download import DownloadError, fetch_sample
 from receiver.events import Event, StoredImage
 from receiver.handlers import HandlerSet
 from receiver.metrics import Metrics
-from receiver.render import literal
+from receiver.render import hide_queries, literal
 from receiver.settings import Settings
 from receiver.storage import Storage
 from receiver.store.base import EventRecord, ImageRecord, Job, JobKind, Store
@@ -208,7 +208,7 @@ class Worker:
                     job.task_id,
                     job.handler,
                     job.attempts,
-                    literal(error),
+                    literal(hide_queries(error)),
                 )
                 self.metrics.handler_runs.labels(job.handler, "dead").inc()
                 await self.store.bury(job, error, traceback=trace)
@@ -223,7 +223,7 @@ class Worker:
                     job.attempts,
                     self.settings.handler_max_attempts,
                     delay,
-                    literal(error),
+                    literal(hide_queries(error)),
                 )
                 self.metrics.handler_runs.labels(job.handler, "retry").inc()
                 await self.store.retry(job, error, delay, traceback=trace)

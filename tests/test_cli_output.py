@@ -13,7 +13,7 @@ from click.testing import CliRunner, Result
 from receiver import Event
 from receiver.cli import main
 from receiver.render import dumps, literal
-from tests.support import eventually, running_receiver, settings_for
+from tests.support import delivery_server, eventually, ready, running_receiver, settings_for
 
 #: Markup, an ESC sequence that clears the screen, an OSC that retitles the terminal, a C1 CSI,
 #: a right-to-left override: what a sender with the secret, or a handler's exception, may write.
@@ -112,3 +112,35 @@ def test_literal_escapes_every_control_character() -> None:
 def test_dumps_never_writes_nan() -> None:
     text = dumps({"a": float("nan"), "b": [float("inf"), 1.5], "c": {"d": -float("inf")}})
     assert strict(text) == {"a": None, "b": [None, 1.5], "c": {"d": None}}
+
+
+def test_signed_urls_are_shown_without_their_query(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    with delivery_server() as delivery:
+        settings = settings_for(tmp_path, sample_hosts=(delivery.host,), handler_max_attempts=1)
+        monkeypatch.setenv("RECEIVER_DATABASE_URL", settings.database_url)
+        signed = delivery.add("s.jpg") + "?se=2030-01-01T00%3A00%3A00Z&sig=SIGNATURE-0123"
+
+        async def quotes_the_url(event: Event) -> None:
+            raise RuntimeError(f"could not forward {event.payload['result']['sample']}")
+
+        with running_receiver(settings, {"quotes": quotes_the_url}) as r:
+            r.post(ready("signed", signed))
+            eventually(lambda: r.metric("bfl_hooks_dead_jobs") == 1)
+    outputs = [
+        run(*args)
+        for args in (
+            ("events", "--json"),
+            ("show", "signed"),
+            ("show", "signed", "--json"),
+            ("dead",),
+            ("dead", "--json"),
+        )
+    ]
+    for out in outputs:
+        assert out.exit_code == 0, out.output
+        assert "SIGNATURE-0123" not in out.output
+    assert f"{signed.split('?')[0]}?(query hidden)" in outputs[0].output
+    assert "could not forward" in outputs[1].output
