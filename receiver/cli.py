@@ -20,7 +20,7 @@ from receiver.cli_render import (
     print_event,
     run_json,
 )
-from receiver.cli_support import load_settings, store_error, with_store
+from receiver.cli_support import load_settings, scrub, store_error, with_store
 from receiver.events import Status
 from receiver.prune import DEFAULT_GRACE_SECONDS, PrunedImages, prune_images
 from receiver.render import dumps
@@ -98,7 +98,7 @@ def serve(host: str | None, port: int | None, fd: int | None, no_worker: bool | 
     try:
         app = create_app(settings)
     except Exception as exc:  # a bad handler spec or URL: say so, no traceback
-        raise click.ClickException(str(exc)) from exc
+        raise click.ClickException(scrub(str(exc), settings)) from None
     _probe_store(settings)
     config = uvicorn.Config(
         app,

@@ -41,6 +41,24 @@ def settings_errors(exc: ValidationError) -> str:
     return "; ".join(found)
 
 
+#: Shorter secrets are not masked inside messages: replacing every "ab" would garble the text,
+#: and a secret that short protects nothing anyway.
+MIN_MASKED_LENGTH = 4
+
+
+def scrub(text: str, settings: Settings) -> str:
+    """``text`` with every secret the settings hold (webhook secrets, the API key, the database
+    password) replaced by ``***``: for messages built from exceptions we did not write."""
+    secrets = [s.get_secret_value() for s in settings.webhook_secret]
+    if settings.bfl_api_key is not None:
+        secrets.append(settings.bfl_api_key.get_secret_value())
+    text = redact_text(text, settings.database_url)
+    for secret in sorted(secrets, key=len, reverse=True):
+        if len(secret) >= MIN_MASKED_LENGTH:
+            text = text.replace(secret, "***")
+    return text
+
+
 def with_store(
     settings: Settings, fn: Callable[[Store], Awaitable[T]], *, create: bool = False
 ) -> T:

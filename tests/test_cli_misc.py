@@ -72,3 +72,25 @@ def test_a_module_without_the_handler_and_a_missing_module_are_still_named() -> 
         load_handler("nowhere_at_all:handler")
     with pytest.raises(HandlerError, match="'json' has no 'nothing_here'"):
         load_handler("json:nothing_here")
+
+
+def test_serve_never_shows_a_secret_a_handler_module_put_in_its_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "leaky_hooks.py").write_text(
+        "import os\n"
+        "raise RuntimeError('bad config: ' + os.environ['RECEIVER_WEBHOOK_SECRET']"
+        " + ' ' + os.environ['BFL_API_KEY'])\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    env = {
+        "RECEIVER_WEBHOOK_SECRET": SECRET,
+        "BFL_API_KEY": "bfl-key-0123456789",
+        "RECEIVER_HANDLERS": "leaky_hooks:reply",
+    }
+    out = CliRunner(env=env).invoke(receiver_main, ["serve"])
+    assert out.exit_code == 1
+    assert "RuntimeError: bad config: *** ***" in out.output
+    assert SECRET not in out.output
+    assert "bfl-key-0123456789" not in out.output
