@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
 import socket
@@ -20,13 +19,13 @@ from receiver.cli_render import (
     print_event,
     run_json,
 )
-from receiver.cli_support import load_settings, scrub, store_error, with_store
+from receiver.cli_support import load_settings, scrub, with_store
 from receiver.events import Status
 from receiver.prune import DEFAULT_GRACE_SECONDS, PrunedImages, prune_images
 from receiver.render import dumps
 from receiver.settings import Settings
 from receiver.storage import LocalStorage, Storage, open_storage
-from receiver.store import Job, Store, opened_store
+from receiver.store import EventRecord, Job, Store
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhdw]?)$")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -38,27 +37,6 @@ def parse_duration(text: str) -> float:
     if not match:
         raise click.BadParameter(f"{text!r} is not a duration like 30d, 12h, 90m or 45s")
     return float(match.group(1)) * _UNITS[match.group(2)]
-
-
-def duration_option(text: str | None) -> float | None:
-    return None if text is None else parse_duration(text)
-
-
-def _probe_store(settings: Settings) -> None:
-    """Open the store once before serving, so that a store that cannot be opened (PostgreSQL
-    down, a wrong password, an unwritable folder) is one line, not the server's traceback."""
-
-    async def probe() -> None:
-        async with opened_store(settings.database_url):
-            pass
-
-    try:
-        asyncio.run(probe())
-    except Exception as exc:
-        message = store_error(settings.database_url, exc)
-        if message is None:
-            raise
-        raise click.ClickException(message) from None
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -99,7 +77,9 @@ def serve(host: str | None, port: int | None, fd: int | None, no_worker: bool | 
         app = create_app(settings)
     except Exception as exc:  # a bad handler spec or URL: say so, no traceback
         raise click.ClickException(scrub(str(exc), settings)) from None
-    _probe_store(settings)
+    # Open the store once first: one that cannot be opened (PostgreSQL down, a wrong password,
+    # an unwritable folder) is then one line, not the server's startup traceback.
+    with_store(settings, lambda store: store.ping(), create=True)
     config = uvicorn.Config(
         app,
         host=settings.host,
@@ -128,7 +108,7 @@ def events(status: str | None, dead_only: bool, limit: int, as_json: bool) -> No
     """List recorded events, newest first, with how they arrived and their jobs' states."""
     settings = load_settings()
 
-    async def load(store: Store) -> tuple[list[Any], dict[str, list[Job]]]:
+    async def load(store: Store) -> tuple[list[EventRecord], dict[str, list[Job]]]:
         found = await store.list_events(
             status=Status(status) if status else None, limit=limit, dead_only=dead_only
         )
@@ -225,7 +205,7 @@ def prune(older_than: str | None, images: bool, image_grace: str) -> None:
     """Delete finished events older than a duration; with --images, the images left unused."""
     if older_than is None and not images:
         raise click.UsageError("give --older-than DURATION, --images, or both")
-    seconds = duration_option(older_than)
+    seconds = parse_duration(older_than) if older_than is not None else None
     grace = parse_duration(image_grace) if images else DEFAULT_GRACE_SECONDS
     settings = load_settings()
     storage = _image_storage(settings) if images else None
