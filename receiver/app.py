@@ -7,7 +7,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import httpx
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -25,6 +25,7 @@ from receiver.loops import watch
 from receiver.metrics import Metrics
 from receiver.payload import PayloadError, parse_notice
 from receiver.reconciler import Reconciler
+from receiver.refusals import RefusedWebhooks
 from receiver.settings import Settings
 from receiver.storage import Storage, open_storage
 from receiver.store import RecordOutcome, Store, open_store
@@ -50,6 +51,8 @@ class Runtime:
     metrics: Metrics
     secrets: list[str]
     health: Health
+    refused: RefusedWebhooks = field(default_factory=RefusedWebhooks)
+    """Webhooks refused for their secret, for the reconciler's hint (``refusals.py``)."""
 
 
 class BodyTooLarge(Exception):
@@ -120,6 +123,7 @@ def create_app(
                     metrics=metrics,
                     handlers_for=handler_set.names_for,
                     health=health,
+                    refused=app.state.runtime.refused,
                 )
                 worker.start()
                 stack.push_async_callback(worker.stop, settings.shutdown_grace_seconds)
@@ -178,6 +182,7 @@ async def webhook(request: Request) -> Response:
     except VerificationError as exc:
         rt.metrics.webhooks.labels("unauthorized").inc()
         log.warning("webhook refused: %s", exc)  # the reason, never the secret
+        rt.refused.refused(body, ref)
         return _problem(401, "unauthorized")
     try:
         if link.error is not None:

@@ -2,27 +2,31 @@
 
 from __future__ import annotations
 
-import asyncio
-import json
 import logging
 import re
 import socket
 import sys
-from collections.abc import Awaitable, Callable
-from dataclasses import asdict
-from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any
 
 import click
-from pydantic import ValidationError
-from rich.console import Console
-from rich.table import Table
 
+from receiver.cli_render import (
+    console,
+    dead_table,
+    event_json,
+    events_table,
+    job_json,
+    print_event,
+    run_json,
+)
+from receiver.cli_support import load_settings, scrub, with_store
 from receiver.events import Status
+from receiver.prune import DEFAULT_GRACE_SECONDS, PrunedImages, prune_images
+from receiver.render import dumps
 from receiver.settings import Settings
-from receiver.store import Store, opened_store
+from receiver.storage import LocalStorage, Storage, open_storage
+from receiver.store import EventRecord, Job, Store
 
-T = TypeVar("T")
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhdw]?)$")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
@@ -35,33 +39,8 @@ def parse_duration(text: str) -> float:
     return float(match.group(1)) * _UNITS[match.group(2)]
 
 
-def _settings(**overrides: Any) -> Settings:
-    try:
-        return Settings(**{k: v for k, v in overrides.items() if v is not None})
-    except ValidationError as exc:
-        raise click.ClickException(f"bad settings:\n{exc}") from None
-
-
-def _with_store(settings: Settings, fn: Callable[[Store], Awaitable[T]]) -> T:
-    async def run() -> T:
-        async with opened_store(settings.database_url) as store:
-            return await fn(store)
-
-    try:
-        return asyncio.run(run())
-    except (OSError, ValueError) as exc:
-        raise click.ClickException(
-            f"cannot open the store {settings.database_url!r}: {exc}"
-        ) from exc
-
-
-def _when(ts: float | None) -> str:
-    if ts is None:
-        return "-"
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S")
-
-
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="bfl-hooks", prog_name="bfl-receiver")
 def main() -> None:
     """bfl-hooks receiver: take BFL webhooks, keep every image, run your handlers."""
 
@@ -85,7 +64,7 @@ def serve(host: str | None, port: int | None, fd: int | None, no_worker: bool | 
 
     from receiver.app import create_app  # noqa: PLC0415
 
-    settings = _settings(host=host, port=port, run_worker=False if no_worker else None)
+    settings = load_settings(host=host, port=port, run_worker=False if no_worker else None)
     if not settings.webhook_secret:
         raise click.ClickException(
             "RECEIVER_WEBHOOK_SECRET is not set: every webhook would be refused. "
@@ -97,7 +76,10 @@ def serve(host: str | None, port: int | None, fd: int | None, no_worker: bool | 
     try:
         app = create_app(settings)
     except Exception as exc:  # a bad handler spec or URL: say so, no traceback
-        raise click.ClickException(str(exc)) from exc
+        raise click.ClickException(scrub(str(exc), settings)) from None
+    # Open the store once first: one that cannot be opened (PostgreSQL down, a wrong password,
+    # an unwritable folder) is then one line, not the server's startup traceback.
+    with_store(settings, lambda store: store.ping(), create=True)
     config = uvicorn.Config(
         app,
         host=settings.host,
@@ -119,37 +101,36 @@ def serve(host: str | None, port: int | None, fd: int | None, no_worker: bool | 
 @click.option(
     "--status", "status", type=click.Choice([s.value for s in Status]), help="Only this status."
 )
+@click.option("--dead", "dead_only", is_flag=True, help="Only events with a dead job.")
 @click.option("--limit", type=click.IntRange(1, 100_000), default=50, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
-def events(status: str | None, limit: int, as_json: bool) -> None:
-    """List recorded events, newest first."""
-    settings = _settings()
-    found = _with_store(
-        settings, lambda s: s.list_events(status=Status(status) if status else None, limit=limit)
-    )
+def events(status: str | None, dead_only: bool, limit: int, as_json: bool) -> None:
+    """List recorded events, newest first, with how they arrived and their jobs' states."""
+    settings = load_settings()
+
+    async def load(store: Store) -> tuple[list[EventRecord], dict[str, list[Job]]]:
+        found = await store.list_events(
+            status=Status(status) if status else None, limit=limit, dead_only=dead_only
+        )
+        jobs: dict[str, list[Job]] = {}
+        for job in await store.jobs_of([e.task_id for e in found]):
+            jobs.setdefault(job.task_id, []).append(job)
+        return found, jobs
+
+    found, jobs = with_store(settings, load)
     if as_json:
         for e in found:
-            click.echo(json.dumps(_event_json(e)))
+            click.echo(dumps(event_json(e, jobs.get(e.task_id, []))))
         return
-    table = Table("task id", "status", "received", "deliveries", "image")
-    for e in found:
-        image = f"{e.image.size} B {e.image.content_type}" if e.image else "-"
-        table.add_row(e.task_id, e.status.value, _when(e.received_at), str(e.deliveries), image)
-    Console().print(table)
-
-
-def _event_json(e: Any) -> dict[str, Any]:
-    data = asdict(e)
-    data["status"] = e.status.value
-    return data
+    console().print(events_table(found, jobs))
 
 
 @main.command()
 @click.argument("task_id")
 @click.option("--json", "as_json", is_flag=True)
 def show(task_id: str, as_json: bool) -> None:
-    """One event, its download and every handler run with its errors."""
-    settings = _settings()
+    """One event, its download and every handler run with its errors and tracebacks."""
+    settings = load_settings()
 
     async def load(store: Store) -> Any:
         return (
@@ -158,52 +139,35 @@ def show(task_id: str, as_json: bool) -> None:
             await store.runs_for(task_id),
         )
 
-    event, jobs, runs = _with_store(settings, load)
+    event, jobs, runs = with_store(settings, load)
     if event is None:
         raise click.ClickException(f"no event for task {task_id!r}")
     if as_json:
-        click.echo(
-            json.dumps(
-                {
-                    "event": _event_json(event),
-                    "jobs": [
-                        asdict(j) | {"kind": j.kind.value, "state": j.state.value} for j in jobs
-                    ],
-                    "runs": [asdict(r) for r in runs],
-                },
-                indent=2,
-            )
-        )
+        shown = {
+            "event": event_json(event, jobs),
+            "jobs": [job_json(j) for j in jobs],
+            "runs": [run_json(r) for r in runs],
+        }
+        click.echo(dumps(shown, indent=2))
         return
-    console = Console()
-    console.print(f"[bold]{event.task_id}[/]  {event.status.value} ({event.raw_status})")
-    console.print(f"received {_when(event.received_at)}, {event.deliveries} deliveries")
-    if event.error:
-        console.print(f"error: {event.error}")
-    if event.image:
-        console.print(
-            f"image: {event.image.location} ({event.image.size} B, sha256 {event.image.sha256})"
-        )
-    if event.metadata:
-        console.print(f"metadata: {json.dumps(event.metadata)}")
-    table = Table("job", "kind", "handler", "state", "attempts", "last error")
-    for j in jobs:
-        table.add_row(
-            str(j.id),
-            j.kind.value,
-            j.handler or "-",
-            j.state.value,
-            str(j.attempts),
-            j.last_error or "",
-        )
-    console.print(table)
-    if runs:
-        history = Table("job", "attempt", "outcome", "finished", "error")
-        for r in runs:
-            history.add_row(
-                str(r.job_id), str(r.attempt), r.outcome, _when(r.finished_at), r.error or ""
-            )
-        console.print(history)
+    print_event(console(), event, jobs, runs)
+
+
+@main.command()
+@click.option("--limit", type=click.IntRange(1, 100_000), default=100, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+def dead(limit: int, as_json: bool) -> None:
+    """List dead jobs, most recent first, with their last error (re-run them with replay)."""
+    settings = load_settings()
+    jobs = with_store(settings, lambda s: s.dead_jobs(limit))
+    if as_json:
+        for job in jobs:
+            click.echo(dumps(job_json(job)))
+        return
+    if not jobs:
+        click.echo("no dead jobs")
+        return
+    console().print(dead_table(jobs))
 
 
 @main.command()
@@ -218,21 +182,80 @@ def replay(task_id: str | None, dead: bool, all_handlers: bool) -> None:
         raise click.UsageError("give a TASK_ID or --dead (not both)")
     if all_handlers and task_id is None:
         raise click.UsageError("--all-handlers needs a TASK_ID")
-    settings = _settings()
-    count = _with_store(settings, lambda s: s.replay(task_id, include_done=all_handlers))
+    settings = load_settings()
+    count = with_store(settings, lambda s: s.replay(task_id, include_done=all_handlers))
     click.echo(f"queued {count} job(s) again; a running receiver picks them up within seconds")
     if count == 0 and task_id is not None:
         sys.exit(1)
 
 
 @main.command()
-@click.option("--older-than", "older_than", required=True, help="Age, e.g. 30d, 12h.")
-def prune(older_than: str) -> None:
-    """Delete finished events older than a duration (images stay in storage)."""
-    seconds = parse_duration(older_than)
-    settings = _settings()
-    count = _with_store(settings, lambda s: s.prune(seconds))
-    click.echo(f"pruned {count} event(s) older than {older_than}")
+@click.option("--older-than", "older_than", help="Delete finished events older than this: 30d.")
+@click.option(
+    "--images", is_flag=True, help="Also remove stored images no event refers to any more."
+)
+@click.option(
+    "--image-grace",
+    "image_grace",
+    default="1h",
+    show_default=True,
+    help="Keep images stored more recently than this, referred to or not (downloads finishing).",
+)
+def prune(older_than: str | None, images: bool, image_grace: str) -> None:
+    """Delete finished events older than a duration; with --images, the images left unused."""
+    if older_than is None and not images:
+        raise click.UsageError("give --older-than DURATION, --images, or both")
+    seconds = parse_duration(older_than) if older_than is not None else None
+    grace = parse_duration(image_grace) if images else DEFAULT_GRACE_SECONDS
+    settings = load_settings()
+    storage = _image_storage(settings) if images else None
+
+    async def run(store: Store) -> tuple[int | None, PrunedImages | None]:
+        pruned = await store.prune(seconds) if seconds is not None else None
+        if storage is None:
+            return pruned, None
+        await storage.open()
+        try:
+            return pruned, await prune_images(store, storage, grace=grace)
+        finally:
+            await storage.close()
+
+    pruned, removed = with_store(settings, run)
+    if pruned is not None:
+        click.echo(f"pruned {pruned} event(s) older than {older_than}")
+    if removed is not None:
+        gone, kept = _size(removed.removed_bytes), _size(removed.kept_bytes)
+        click.echo(
+            f"removed {removed.removed} image(s) no event refers to ({gone}); "
+            f"kept {removed.kept} ({kept})"
+        )
+
+
+def _image_storage(settings: Settings) -> Storage:
+    try:
+        storage = open_storage(settings.storage_url)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    except ImportError as exc:  # s3:// without boto3
+        raise click.ClickException(
+            f"RECEIVER_STORAGE_URL needs {exc.name}: pip install 'bfl-hooks[s3]'"
+        ) from None
+    if isinstance(storage, LocalStorage) and not storage.root.is_dir():
+        # Like the store: a missing folder is a wrong path, not an empty storage to create.
+        raise click.ClickException(
+            f"no image storage at {storage.root} (RECEIVER_STORAGE_URL): run this where the "
+            "receiver runs, or set RECEIVER_STORAGE_URL to its storage"
+        )
+    return storage
+
+
+def _size(n: int) -> str:
+    value, unit = float(n), "B"
+    for bigger in ("KB", "MB", "GB", "TB"):
+        if value < 1000:
+            break
+        value, unit = value / 1000, bigger
+    return f"{n} B" if unit == "B" else f"{value:.1f} {unit}"
 
 
 if __name__ == "__main__":

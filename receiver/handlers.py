@@ -79,8 +79,12 @@ def load_handler(spec: str) -> Handler:
         raise HandlerError(f"handler {spec!r} is not in the form module:callable")
     try:
         target: object = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise HandlerError(f"handler {spec!r}: cannot import {module_name!r}: {exc}") from exc
+    except Exception as exc:  # whatever the module raised while it loaded
+        # Not only ImportError: a handler module may fail on its own line 3 (a SyntaxError, a
+        # missing setting); say which handler, which module, and what it raised.
+        raise HandlerError(
+            f"handler {spec!r}: cannot import {module_name!r}: {type(exc).__name__}: {exc}"
+        ) from exc
     for part in attr.split("."):
         try:
             target = getattr(target, part)

@@ -27,8 +27,9 @@ from receiver.health import Health
 from receiver.loops import run_forever
 from receiver.metrics import Metrics
 from receiver.payload import PayloadError, notice_from_payload
+from receiver.refusals import RefusedWebhooks
 from receiver.settings import Settings
-from receiver.store import RecordOutcome, Store, Submission
+from receiver.store import RecordOutcome, Store, Submission, Via
 from receiver.store.base import FINETUNE_ENDPOINT
 
 log = logging.getLogger("receiver.reconciler")
@@ -77,6 +78,7 @@ class Reconciler:
         metrics: Metrics,
         handlers_for: NamesFor,
         health: Health | None = None,
+        refused: RefusedWebhooks | None = None,
     ) -> None:
         self.settings = settings
         self.health = health if health is not None else Health()
@@ -84,6 +86,7 @@ class Reconciler:
         self.client = client
         self.metrics = metrics
         self.handlers_for = handlers_for
+        self.refused = refused
         self._limit = asyncio.Semaphore(CONCURRENCY)
 
     async def run(self) -> None:
@@ -144,10 +147,13 @@ class Reconciler:
             handlers=self.handlers_for(notice.status),
             ref=sub.ref,
             finetune_handlers=self.handlers_for(notice.status, finetune=True),
+            via=Via.POLLING,
         )
         await self.store.reconciled(sub.ref, MAX_POLL_BACKOFF)
         if outcome is RecordOutcome.NEW:
             log.info("task %s finished by polling (no webhook came)", sub.task_id)
+            if self.refused is not None:
+                self.refused.arrived_by_polling(sub.task_id, sub.ref)
             return "recovered"
         return "already_final"
 

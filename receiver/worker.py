@@ -23,6 +23,7 @@ import contextlib
 import functools
 import logging
 import time
+import traceback
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -35,6 +36,7 @@ from receiver.handlers import HandlerSet
 from receiver.health import Health, describe
 from receiver.loops import backoff, run_forever, watch
 from receiver.metrics import Metrics
+from receiver.render import hide_queries, literal
 from receiver.settings import Settings
 from receiver.storage import Storage
 from receiver.store.base import EventRecord, ImageRecord, Job, JobKind, Store
@@ -315,28 +317,34 @@ class Worker:
             error = f"timed out after {self.settings.handler_timeout_seconds:g} s"
         else:
             error = f"{type(exc).__name__}: {exc}"[:2000]
+        # Kept with the run (the store caps it) for `bfl-receiver show`.
+        trace = "".join(traceback.format_exception(exc))
+        shown = literal(hide_queries(error))
         if job.attempts >= self.settings.handler_max_attempts:
             log.warning(
                 "task %s: handler %s dead after %d attempts: %s",
                 job.task_id,
                 job.handler,
                 job.attempts,
-                error,
+                shown,
             )
             self.metrics.handler_runs.labels(job.handler, "dead").inc()
-            await self._settle(job, "dead", lambda: self.store.bury(job, error))
+            await self._settle(job, "dead", lambda: self.store.bury(job, error, traceback=trace))
             return
         delay = backoff(self.settings.handler_backoff_seconds, job.attempts, MAX_HANDLER_BACKOFF)
         log.info(
-            "task %s: handler %s failed (attempt %d), retrying in %.1f s: %s",
+            "task %s: handler %s failed (attempt %d of %d), retrying in %.1f s: %s",
             job.task_id,
             job.handler,
             job.attempts,
+            self.settings.handler_max_attempts,
             delay,
-            error,
+            shown,
         )
         self.metrics.handler_runs.labels(job.handler, "retry").inc()
-        await self._settle(job, "retry", lambda: self.store.retry(job, error, delay))
+        await self._settle(
+            job, "retry", lambda: self.store.retry(job, error, delay, traceback=trace)
+        )
 
     def _event(self, record: EventRecord, job: Job) -> Event:
         image = None

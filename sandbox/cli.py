@@ -14,6 +14,7 @@ from sandbox.settings import SandboxSettings
 
 
 @click.group()
+@click.version_option(package_name="bfl-hooks", prog_name="bfl-sandbox")
 def main() -> None:
     """A local, BFL-compatible image API that really sends webhooks (no key, no network).
 

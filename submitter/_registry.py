@@ -15,6 +15,7 @@ from pathlib import Path
 import asyncpg
 
 from receiver.store import Store, open_store, store_location
+from receiver.store.base import StoreMissing
 
 log = logging.getLogger("submitter")
 
@@ -22,6 +23,7 @@ log = logging.getLogger("submitter")
 STORE_OPEN_TIMEOUT = 10.0
 #: Errors that mean "no store to register in": absent, unreachable, refused, not a database.
 _STORE_ERRORS = (
+    StoreMissing,
     OSError,
     TimeoutError,
     sqlite3.Error,

@@ -33,6 +33,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]}, epilog=EXIT_CODES_HELP)
+@click.version_option(package_name="bfl-hooks", prog_name="bfl-submit")
 def main() -> None:
     """Submit work to the BFL image API (or the local sandbox), with the receiver's webhook.
 

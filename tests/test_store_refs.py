@@ -9,7 +9,7 @@ import pytest
 
 from receiver.payload import notice_from_payload
 from receiver.store import Store, open_store
-from receiver.store.base import ForeignReference, RecordOutcome
+from receiver.store.base import ForeignReference, RecordOutcome, StoreMissing
 
 pytestmark = pytest.mark.anyio
 
@@ -101,7 +101,7 @@ async def test_url_metadata_wins_and_fills_an_empty_one(store: Store) -> None:
 async def test_opening_without_create_never_makes_a_store(tmp_path: Path) -> None:
     missing = tmp_path / "nope" / "receiver.db"
     store = open_store(f"sqlite:///{missing}", create=False)
-    with pytest.raises(Exception, match="unable to open"):
+    with pytest.raises(StoreMissing, match="no store at"):
         await store.open()
     await store.close()
     assert not missing.parent.exists()

@@ -7,9 +7,10 @@ import contextlib
 import logging
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
-from receiver.storage.base import Storage, StoredBlob, blob_name
+from receiver.storage.base import BlobInfo, Storage, StoredBlob, blob_name, blob_sha256
 
 log = logging.getLogger("receiver.storage")
 
@@ -47,6 +48,34 @@ class LocalStorage(Storage):
         if not path.is_relative_to(self.root):
             raise ValueError(f"{location!r} is outside the storage directory")
         return await asyncio.to_thread(path.read_bytes)
+
+    async def blobs(self) -> list[BlobInfo]:
+        return await asyncio.to_thread(self._list)
+
+    async def delete(self, locations: Sequence[str]) -> None:
+        await asyncio.to_thread(self._delete, list(locations))
+
+    def _list(self) -> list[BlobInfo]:
+        found = []
+        for path in self.root.glob("??/??/*"):
+            sha256 = blob_sha256(path.relative_to(self.root).as_posix())
+            if sha256 is None or not path.is_file():
+                continue  # not one of ours (staging, a user's file): never touched
+            stat = path.stat()
+            found.append(BlobInfo(str(path), sha256, stat.st_size, stat.st_mtime))
+        return found
+
+    def _delete(self, locations: list[str]) -> None:
+        for location in locations:
+            path = Path(location).resolve()
+            rel = path.relative_to(self.root).as_posix() if path.is_relative_to(self.root) else ""
+            if blob_sha256(rel) is None:
+                raise ValueError(f"{location!r} is not an image of this storage")
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+            for parent in (path.parent, path.parent.parent):
+                with contextlib.suppress(OSError):  # not empty: another image is there
+                    parent.rmdir()
 
 
 def remove_stale(staging: Path, max_age: float) -> int:

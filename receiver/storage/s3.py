@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import shutil
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 from urllib.parse import urlsplit
@@ -32,7 +33,7 @@ import botocore.exceptions
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from receiver.storage.base import Storage, StoredBlob, blob_name
+from receiver.storage.base import BlobInfo, Storage, StoredBlob, blob_name, blob_sha256
 from receiver.storage.local import STALE_STAGING_SECONDS, remove_stale
 
 if TYPE_CHECKING:
@@ -40,6 +41,8 @@ if TYPE_CHECKING:
 
 #: The temporary staging directories of processes with no ``staging_dir`` configured.
 TEMP_PREFIX = "bfl-s3-"
+#: S3's limit on keys per DeleteObjects request.
+_DELETE_BATCH = 1000
 
 
 class S3Settings(BaseSettings):
@@ -160,6 +163,43 @@ class S3Storage(Storage):
     async def read(self, location: str) -> bytes:
         key = self._key_of(location)
         return await asyncio.to_thread(self._download, key)
+
+    async def blobs(self) -> list[BlobInfo]:
+        return await asyncio.to_thread(self._list)
+
+    async def delete(self, locations: Sequence[str]) -> None:
+        keys = [self._key_of(location) for location in locations]
+        for start in range(0, len(keys), _DELETE_BATCH):
+            batch = keys[start : start + _DELETE_BATCH]
+            await asyncio.to_thread(self._delete, batch)
+
+    def _list(self) -> list[BlobInfo]:
+        found = []
+        start = f"{self.prefix}/" if self.prefix else ""
+        pages = self.client.get_paginator("list_objects_v2").paginate(
+            Bucket=self.bucket, Prefix=start
+        )
+        for page in pages:
+            for item in page.get("Contents", []):
+                sha256 = blob_sha256(item["Key"][len(start) :])
+                if sha256 is not None:  # anything else in the bucket is not ours
+                    found.append(
+                        BlobInfo(
+                            self.location(item["Key"]),
+                            sha256,
+                            item["Size"],
+                            item["LastModified"].timestamp(),
+                        )
+                    )
+        return found
+
+    def _delete(self, keys: list[str]) -> None:
+        answer = self.client.delete_objects(
+            Bucket=self.bucket, Delete={"Objects": [{"Key": k} for k in keys], "Quiet": True}
+        )
+        if answer.get("Errors"):
+            first = answer["Errors"][0]
+            raise OSError(f"S3 refused to delete {first.get('Key')}: {first.get('Code')}")
 
     def _key_of(self, location: str) -> str:
         """The key behind a location this storage returned; refuse any other."""

@@ -16,7 +16,9 @@ from receiver.store.base import (
     QueueCounts,
     RecordOutcome,
     Store,
+    StoreMissing,
     Submission,
+    Via,
 )
 
 __all__ = [
@@ -29,7 +31,9 @@ __all__ = [
     "QueueCounts",
     "RecordOutcome",
     "Store",
+    "StoreMissing",
     "Submission",
+    "Via",
     "open_store",
     "opened_store",
     "store_location",
@@ -39,8 +43,8 @@ __all__ = [
 def open_store(url: str, *, create: bool = True) -> Store:
     """A store for ``sqlite:///path`` or ``postgresql://...`` (not yet opened).
 
-    ``create=False``: opening fails where there is no store yet, instead of making one (a
-    SQLite file is opened ``mode=rw``; PostgreSQL never creates a database anyway).
+    With ``create=False`` (the read commands), ``open`` raises StoreMissing instead of creating
+    a store that is not there: a new empty one would hide a wrong path.
     """
     if url.startswith("sqlite:"):
         from receiver.store.sqlite import SQLiteStore  # noqa: PLC0415 - load one engine only
@@ -49,14 +53,17 @@ def open_store(url: str, *, create: bool = True) -> Store:
     if url.startswith(("postgresql://", "postgres://")):
         from receiver.store.postgres import PostgresStore  # noqa: PLC0415
 
-        return PostgresStore(url)
-    raise ValueError(f"unsupported database URL (expected sqlite:/// or postgresql://): {url!r}")
+        return PostgresStore(url, create=create)
+    # The URL may hold a password: name the scheme only.
+    scheme, colon, _ = url.partition(":")
+    named = f" (scheme {scheme!r})" if colon and scheme.isalnum() else ""
+    raise ValueError(f"unsupported database URL{named}: expected sqlite:/// or postgresql://")
 
 
 @contextlib.asynccontextmanager
-async def opened_store(url: str) -> AsyncIterator[Store]:
+async def opened_store(url: str, *, create: bool = True) -> AsyncIterator[Store]:
     """The store at ``url``, open for the block (for commands and scripts)."""
-    store = open_store(url)
+    store = open_store(url, create=create)
     await store.open()
     try:
         yield store

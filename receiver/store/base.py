@@ -73,6 +73,35 @@ class JobState(StrEnum):
     DEAD = "dead"
 
 
+class Via(StrEnum):
+    """How an event's notice arrived."""
+
+    WEBHOOK = "webhook"
+    POLLING = "polling"
+    """The reconciler polled ``get_result``: no webhook came (yet)."""
+
+
+class StoreMissing(Exception):
+    """``open`` was told not to create a store and there is none where it looked: a mistyped
+    path, a command run from another folder, a deleted file. ``where`` names the place."""
+
+    def __init__(self, where: str) -> None:
+        super().__init__(f"no store at {where}")
+        self.where = where
+
+
+#: A handler's traceback is kept up to this many characters (its end: the failing frames and
+#: the exception), so a runaway message cannot grow the store.
+MAX_TRACEBACK_CHARS = 8192
+
+
+def cap_traceback(text: str | None) -> str | None:
+    """``text`` cut to its last MAX_TRACEBACK_CHARS characters, marked when cut."""
+    if text is None or len(text) <= MAX_TRACEBACK_CHARS:
+        return text
+    return "[... cut ...]\n" + text[-MAX_TRACEBACK_CHARS:]
+
+
 class ForeignReference(Exception):
     """The webhook's reference belongs to another task (its submission is bound to it, or
     another task claimed it first): a per-task secret authenticates one task only, even if it
@@ -114,6 +143,8 @@ class EventRecord:
     image: ImageRecord | None
     task_kind: TaskKind = TaskKind.GENERATION
     """A finetune's training or a generation; decided when the event was recorded."""
+    via: Via = Via.WEBHOOK
+    """How the terminal notice arrived; ``deliveries`` counts webhooks only."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +173,8 @@ class JobRun:
     outcome: str
     error: str | None
     finished_at: float
+    traceback: str | None = None
+    """The handler's traceback for a failed run (capped at MAX_TRACEBACK_CHARS)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,6 +234,7 @@ class Store(abc.ABC):
         ref: str | None = None,
         finetune_handlers: Sequence[str] = (),
         metadata: dict[str, Any] | None = None,
+        via: Via = Via.WEBHOOK,
     ) -> RecordOutcome:
         """Durably record a notice; on the first terminal one, create its jobs.
 
@@ -214,7 +248,8 @@ class Store(abc.ABC):
         existing event's empty metadata).
         Raises ForeignReference, recording nothing, if ``ref`` belongs to another task (bound
         to it, or claimed by it first); else the first task recorded under ``ref`` claims it.
-        Returns only once the change is committed.
+        ``via`` says how the notice came: a terminal one sets the event's ``via``, and only
+        webhooks count as ``deliveries``. Returns only once the change is committed.
         """
 
     @abc.abstractmethod
@@ -272,12 +307,14 @@ class Store(abc.ABC):
         """running → done for a download, storing the image and creating its handler jobs."""
 
     @abc.abstractmethod
-    async def retry(self, job: Job, error: str, delay: float) -> bool:
-        """running → queued, due after ``delay`` seconds."""
+    async def retry(
+        self, job: Job, error: str, delay: float, *, traceback: str | None = None
+    ) -> bool:
+        """running → queued, due after ``delay`` seconds; the run keeps ``traceback``."""
 
     @abc.abstractmethod
-    async def bury(self, job: Job, error: str) -> bool:
-        """running → dead, with the reason."""
+    async def bury(self, job: Job, error: str, *, traceback: str | None = None) -> bool:
+        """running → dead, with the reason (and the run's ``traceback``)."""
 
     @abc.abstractmethod
     async def release(self, job: Job, reason: str) -> bool:
@@ -302,12 +339,24 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def list_events(
-        self, *, status: Status | None = None, limit: int = 100
+        self, *, status: Status | None = None, limit: int = 100, dead_only: bool = False
     ) -> list[EventRecord]:
-        """Newest first."""
+        """Newest first; with ``dead_only``, only events with a dead job."""
 
     @abc.abstractmethod
     async def jobs_for(self, task_id: str) -> list[Job]: ...
+
+    @abc.abstractmethod
+    async def jobs_of(self, task_ids: Sequence[str]) -> list[Job]:
+        """The jobs of several tasks at once (for listings), by task then id."""
+
+    @abc.abstractmethod
+    async def dead_jobs(self, limit: int = 100) -> list[Job]:
+        """Dead jobs, most recently buried first, with their last error."""
+
+    @abc.abstractmethod
+    async def image_hashes(self) -> set[str]:
+        """The sha256 of every image an event still refers to (for pruning images)."""
 
     @abc.abstractmethod
     async def runs_for(self, task_id: str) -> list[JobRun]: ...

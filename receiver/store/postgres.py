@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
+from receiver.dsn import dsn_target
 from receiver.events import Status, TaskKind
 from receiver.payload import Notice
 from receiver.store import postgres_submissions as submissions
@@ -39,7 +40,10 @@ from receiver.store.base import (
     QueueCounts,
     RecordOutcome,
     Store,
+    StoreMissing,
     Submission,
+    Via,
+    cap_traceback,
     names_finetune,
 )
 from receiver.store.postgres_rows import rowcount
@@ -64,9 +68,16 @@ class PostgresStore(Store):
     """Events and jobs in PostgreSQL, through a connection pool; see the module docstring."""
 
     def __init__(
-        self, url: str, *, min_size: int = 1, max_size: int = 10, command_timeout: float = 60.0
+        self,
+        url: str,
+        *,
+        min_size: int = 1,
+        max_size: int = 10,
+        command_timeout: float = 60.0,
+        create: bool = True,
     ) -> None:
         self.url = url
+        self.create = create
         self._min_size = min_size
         self._max_size = max_size
         self._command_timeout = command_timeout
@@ -88,6 +99,11 @@ class PostgresStore(Store):
         )
         try:
             async with self._pool.acquire() as conn:
+                if not self.create and await conn.fetchval(
+                    "SELECT to_regclass('schema_version') IS NULL"
+                ):
+                    # The database exists but no receiver ever used it: a wrong URL.
+                    raise StoreMissing(f"{dsn_target(self.url)} (it has no receiver schema)")
                 await migrate(conn)
             await self._wake.start(self._pool)
         except BaseException:
@@ -112,6 +128,7 @@ class PostgresStore(Store):
         ref: str | None = None,
         finetune_handlers: Sequence[str] = (),
         metadata: dict[str, Any] | None = None,
+        via: Via = Via.WEBHOOK,
     ) -> RecordOutcome:
         meta = json.dumps(metadata) if metadata is not None else None
         async with self.pool.acquire() as c, c.transaction():
@@ -123,6 +140,7 @@ class PostgresStore(Store):
                 ref=ref,
                 finetune_handlers=finetune_handlers,
                 metadata=meta,
+                via=via,
             )
         if outcome is RecordOutcome.NEW:
             self._wake.announce()
@@ -210,11 +228,15 @@ class PostgresStore(Store):
             self._wake.announce()
         return True
 
-    async def retry(self, job: Job, error: str, delay: float) -> bool:
-        return await _finish(self.pool, job, JobState.QUEUED, error, "retry", delay=delay)
+    async def retry(
+        self, job: Job, error: str, delay: float, *, traceback: str | None = None
+    ) -> bool:
+        return await _finish(
+            self.pool, job, JobState.QUEUED, error, "retry", delay=delay, tb=traceback
+        )
 
-    async def bury(self, job: Job, error: str) -> bool:
-        return await _finish(self.pool, job, JobState.DEAD, error, "dead")
+    async def bury(self, job: Job, error: str, *, traceback: str | None = None) -> bool:
+        return await _finish(self.pool, job, JobState.DEAD, error, "dead", tb=traceback)
 
     async def release(self, job: Job, reason: str) -> bool:
         async with self.pool.acquire() as c, c.transaction():
@@ -266,15 +288,39 @@ class PostgresStore(Store):
         return event_from(row) if row is not None else None
 
     async def list_events(
-        self, *, status: Status | None = None, limit: int = 100
+        self, *, status: Status | None = None, limit: int = 100, dead_only: bool = False
     ) -> list[EventRecord]:
         rows = await self.pool.fetch(
             """SELECT * FROM events WHERE ($1::text IS NULL OR status = $1)
+               AND (NOT $3 OR EXISTS (SELECT 1 FROM jobs WHERE jobs.task_id = events.task_id
+                                      AND jobs.state = 'dead'))
                ORDER BY received_at DESC, task_id LIMIT $2""",
             status.value if status is not None else None,
             limit,
+            dead_only,
         )
         return [event_from(r) for r in rows]
+
+    async def jobs_of(self, task_ids: Sequence[str]) -> list[Job]:
+        rows = await self.pool.fetch(
+            "SELECT * FROM jobs WHERE task_id = ANY($1::text[]) ORDER BY task_id, id",
+            list(task_ids),
+        )
+        return [job_from(r) for r in rows]
+
+    async def dead_jobs(self, limit: int = 100) -> list[Job]:
+        rows = await self.pool.fetch(
+            """SELECT * FROM jobs WHERE state = 'dead'
+               ORDER BY updated_at DESC, id DESC LIMIT $1""",
+            limit,
+        )
+        return [job_from(r) for r in rows]
+
+    async def image_hashes(self) -> set[str]:
+        rows = await self.pool.fetch(
+            "SELECT DISTINCT image_sha256 FROM events WHERE image_sha256 IS NOT NULL"
+        )
+        return {r["image_sha256"] for r in rows}
 
     async def jobs_for(self, task_id: str) -> list[Job]:
         rows = await self.pool.fetch("SELECT * FROM jobs WHERE task_id = $1 ORDER BY id", task_id)
@@ -317,6 +363,7 @@ async def _record(
     ref: str | None,
     finetune_handlers: Sequence[str],
     metadata: str | None,
+    via: Via,
 ) -> RecordOutcome:
     if ref is not None:
         await _claim(c, ref, notice.task_id)
@@ -330,14 +377,16 @@ async def _record(
     )
     hint = names_finetune(notice)
     kind = TaskKind.GENERATION
+    # Only webhooks are deliveries: a polled result is not one.
+    delivered = 1 if via is Via.WEBHOOK else 0
     for _ in range(3):
         # The first delivery of a task is the common case: one statement, no lock taken.
         # The URL's metadata, else the submission's (by reference, else by task id), goes in
         # with the row.
         inserted = await c.fetchval(
             f"""INSERT INTO events (status, raw_status, sample_url, error, payload, deadline,
-                    task_id, received_at, updated_at, metadata, task_kind)
-                VALUES ($1, $2, $3, $4, $5, $6, $7, {NOW}, {NOW}, coalesce($10::jsonb,
+                    task_id, received_at, updated_at, via, deliveries, metadata, task_kind)
+                VALUES ($1, $2, $3, $4, $5, $6, $7, {NOW}, {NOW}, $11, $12, coalesce($10::jsonb,
                     (SELECT metadata FROM submissions WHERE ref = $8 OR task_id = $7
                      ORDER BY ref = $8 DESC NULLS LAST LIMIT 1), '{{}}'), {_KIND})
                 ON CONFLICT (task_id) DO NOTHING RETURNING task_kind""",
@@ -346,6 +395,8 @@ async def _record(
             ref,
             hint,
             metadata,
+            via.value,
+            delivered,
         )
         if inserted:
             kind = TaskKind(inserted)
@@ -361,15 +412,17 @@ async def _record(
             # Already final, or nothing new: count the delivery, keep what was recorded first
             # (a late Pending must not overwrite a Ready).
             await c.execute(
-                f"""UPDATE events SET deliveries = deliveries + 1, updated_at = {NOW},
+                f"""UPDATE events SET deliveries = deliveries + $3, updated_at = {NOW},
                         metadata = {_fill_metadata("$2")} WHERE task_id = $1""",
                 notice.task_id,
                 metadata,
+                delivered,
             )
             return RecordOutcome.DUPLICATE if Status(old).terminal else RecordOutcome.PROGRESS
         updated = await c.fetchval(
             f"""UPDATE events SET status = $1, raw_status = $2, sample_url = $3, error = $4,
-                    payload = $5, deadline = $6, deliveries = deliveries + 1, updated_at = {NOW},
+                    payload = $5, deadline = $6, deliveries = deliveries + $11,
+                    updated_at = {NOW}, via = $12,
                     metadata = {_fill_metadata("$10")},
                     task_kind = CASE WHEN task_kind = 'finetune' THEN 'finetune' ELSE {_KIND} END
                 WHERE task_id = $7 RETURNING task_kind""",
@@ -378,6 +431,8 @@ async def _record(
             ref,
             hint,
             metadata,
+            delivered,
+            via.value,
         )
         kind = TaskKind(updated)
         break
@@ -451,6 +506,7 @@ async def _finish(
     outcome: str,
     *,
     delay: float | None = None,
+    tb: str | None = None,
 ) -> bool:
     """Move a running job on, fenced by its lease, and record the attempt: one statement."""
     finished = await c.fetchval(
@@ -459,14 +515,16 @@ async def _finish(
                     run_at = coalesce({NOW} + $3::double precision, run_at), updated_at = {NOW}
                 WHERE id = $4 AND lease = $5 AND state = 'running'
                 RETURNING id, attempts)
-            INSERT INTO job_runs (job_id, attempt, outcome, error, finished_at)
-            SELECT id, attempts, $6, $2, {NOW} FROM moved
+            INSERT INTO job_runs (job_id, attempt, outcome, error, finished_at, traceback)
+            SELECT id, attempts, $6, $2, {NOW}, $7 FROM moved
             RETURNING true""",
         state.value,
-        error,
+        # A handler's exception may carry a NUL, which PostgreSQL text cannot hold.
+        _text(error),
         delay,
         job.id,
         job.lease,
         outcome,
+        _text(cap_traceback(tb)),
     )
     return bool(finished)

@@ -97,6 +97,12 @@ MIGRATIONS = [
         claimed_at double precision NOT NULL
     );
     """,
+    # How the terminal notice came (webhook or polling), and each failed run's traceback.
+    """
+    ALTER TABLE events ADD COLUMN via text NOT NULL DEFAULT 'webhook'
+        CHECK (via IN ('webhook', 'polling'));
+    ALTER TABLE job_runs ADD COLUMN traceback text;
+    """,
 ]
 
 #: Held while migrating, so replicas starting together apply each migration once, in turn.

@@ -7,7 +7,16 @@ import json
 from typing import Any, Protocol
 
 from receiver.events import Status, TaskKind
-from receiver.store.base import EventRecord, ImageRecord, Job, JobKind, JobRun, JobState, Submission
+from receiver.store.base import (
+    EventRecord,
+    ImageRecord,
+    Job,
+    JobKind,
+    JobRun,
+    JobState,
+    Submission,
+    Via,
+)
 
 
 class Row(Protocol):
@@ -34,6 +43,7 @@ def event_from(r: Row) -> EventRecord:
         deadline=r["deadline"],
         image=image,
         task_kind=TaskKind(r["task_kind"]),
+        via=Via(r["via"]),
     )
 
 
@@ -54,7 +64,9 @@ def job_from(r: Row) -> Job:
 
 
 def run_from(r: Row) -> JobRun:
-    return JobRun(r["job_id"], r["attempt"], r["outcome"], r["error"], r["finished_at"])
+    return JobRun(
+        r["job_id"], r["attempt"], r["outcome"], r["error"], r["finished_at"], r["traceback"]
+    )
 
 
 def submission_from(r: Row) -> Submission:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import sqlite3
 import time
 import uuid
@@ -28,7 +29,10 @@ from receiver.store.base import (
     QueueCounts,
     RecordOutcome,
     Store,
+    StoreMissing,
     Submission,
+    Via,
+    cap_traceback,
     names_finetune,
 )
 from receiver.store.rows import event_from, job_from, run_from, submission_from
@@ -112,6 +116,11 @@ MIGRATIONS = [
         claimed_at REAL NOT NULL
     );
     """,
+    # How the terminal notice came (webhook or polling), and each failed run's traceback.
+    """
+    ALTER TABLE events ADD COLUMN via TEXT NOT NULL DEFAULT 'webhook';
+    ALTER TABLE job_runs ADD COLUMN traceback TEXT;
+    """,
 ]
 
 
@@ -138,8 +147,11 @@ class SQLiteStore(Store):
         return self._db.commits
 
     async def open(self) -> None:
-        if self.create and self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        if self.path != ":memory:":
+            if self.create:
+                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            else:
+                await asyncio.to_thread(_require_file, self.path)
         await asyncio.to_thread(self._db.start)
         await self._db.run(_migrate)
 
@@ -158,6 +170,7 @@ class SQLiteStore(Store):
         ref: str | None = None,
         finetune_handlers: Sequence[str] = (),
         metadata: dict[str, Any] | None = None,
+        via: Via = Via.WEBHOOK,
     ) -> RecordOutcome:
         meta = json.dumps(metadata) if metadata is not None else None
         outcome = await self._db.run(
@@ -169,6 +182,7 @@ class SQLiteStore(Store):
                 ref=ref,
                 finetune_handlers=finetune_handlers,
                 metadata=meta,
+                via=via,
             )
         )
         if outcome is RecordOutcome.NEW:
@@ -316,13 +330,18 @@ class SQLiteStore(Store):
             self._work.set()
         return done
 
-    async def retry(self, job: Job, error: str, delay: float) -> bool:
+    async def retry(
+        self, job: Job, error: str, delay: float, *, traceback: str | None = None
+    ) -> bool:
+        at = time.time() + delay
         return await self._db.run(
-            lambda c: _finish(c, job, JobState.QUEUED, error, "retry", run_at=time.time() + delay)
+            lambda c: _finish(c, job, JobState.QUEUED, error, "retry", run_at=at, tb=traceback)
         )
 
-    async def bury(self, job: Job, error: str) -> bool:
-        return await self._db.run(lambda c: _finish(c, job, JobState.DEAD, error, "dead"))
+    async def bury(self, job: Job, error: str, *, traceback: str | None = None) -> bool:
+        return await self._db.run(
+            lambda c: _finish(c, job, JobState.DEAD, error, "dead", tb=traceback)
+        )
 
     async def release(self, job: Job, reason: str) -> bool:
         def release(c: sqlite3.Connection) -> bool:
@@ -347,7 +366,8 @@ class SQLiteStore(Store):
                 (now, now, now),
             ).fetchall()
             c.executemany(
-                "INSERT INTO job_runs VALUES (?, ?, 'lease expired', 'lease expired', ?)",
+                """INSERT INTO job_runs (job_id, attempt, outcome, error, finished_at)
+                   VALUES (?, ?, 'lease expired', 'lease expired', ?)""",
                 [(r["id"], r["attempts"], now) for r in rows],
             )
             return len(rows)
@@ -390,17 +410,56 @@ class SQLiteStore(Store):
         return event_from(row) if row is not None else None
 
     async def list_events(
-        self, *, status: Status | None = None, limit: int = 100
+        self, *, status: Status | None = None, limit: int = 100, dead_only: bool = False
     ) -> list[EventRecord]:
         def query(c: sqlite3.Connection) -> list[sqlite3.Row]:
-            sql, params = "SELECT * FROM events", []
+            where: list[str] = ["1"]
+            params: list[object] = []
             if status is not None:
-                sql, params = "SELECT * FROM events WHERE status = ?", [status.value]
+                where.append("status = ?")
+                params.append(status.value)
+            if dead_only:
+                where.append(
+                    """EXISTS (SELECT 1 FROM jobs WHERE jobs.task_id = events.task_id
+                               AND jobs.state = 'dead')"""
+                )
             return c.execute(
-                sql + " ORDER BY received_at DESC, task_id LIMIT ?", (*params, limit)
+                f"""SELECT * FROM events WHERE {" AND ".join(where)}
+                    ORDER BY received_at DESC, task_id LIMIT ?""",
+                (*params, limit),
             ).fetchall()
 
         return [event_from(r) for r in await self._db.run(query)]
+
+    async def jobs_of(self, task_ids: Sequence[str]) -> list[Job]:
+        # One parameter whatever the count (SQLite caps bound variables): a JSON array.
+        ids = json.dumps(list(task_ids))
+        rows = await self._db.run(
+            lambda c: c.execute(
+                """SELECT * FROM jobs WHERE task_id IN (SELECT value FROM json_each(?))
+                   ORDER BY task_id, id""",
+                (ids,),
+            ).fetchall()
+        )
+        return [job_from(r) for r in rows]
+
+    async def dead_jobs(self, limit: int = 100) -> list[Job]:
+        rows = await self._db.run(
+            lambda c: c.execute(
+                """SELECT * FROM jobs WHERE state = 'dead'
+                   ORDER BY updated_at DESC, id DESC LIMIT ?""",
+                (limit,),
+            ).fetchall()
+        )
+        return [job_from(r) for r in rows]
+
+    async def image_hashes(self) -> set[str]:
+        rows = await self._db.run(
+            lambda c: c.execute(
+                "SELECT DISTINCT image_sha256 FROM events WHERE image_sha256 IS NOT NULL"
+            ).fetchall()
+        )
+        return {r[0] for r in rows}
 
     async def jobs_for(self, task_id: str) -> list[Job]:
         rows = await self._db.run(
@@ -446,6 +505,13 @@ class SQLiteStore(Store):
         return await self._db.run(prune)
 
 
+def _require_file(path: str) -> None:
+    # The connection opens with mode=rw too (no file is ever created): this check is for the
+    # message, which names the file as the current folder makes it.
+    if not Path(path).is_file():
+        raise StoreMissing(os.path.abspath(path))
+
+
 def _migrate(c: sqlite3.Connection) -> None:
     version = c.execute("PRAGMA user_version").fetchone()[0]
     for i, script in enumerate(MIGRATIONS[version:], start=version):
@@ -463,6 +529,7 @@ def _record(
     ref: str | None,
     finetune_handlers: Sequence[str],
     metadata: str | None,
+    via: Via,
 ) -> RecordOutcome:
     now = time.time()
     if ref is not None:
@@ -475,17 +542,31 @@ def _record(
         notice.raw,
         deadline,
     )
+    # Only webhooks are deliveries: a polled result is not one.
+    delivered = 1 if via is Via.WEBHOOK else 0
     # The metadata is the URL's, else the submission's, found by the webhook's reference or
     # else by task id, in the same statement: one statement per new webhook.
     kind_params = (names_finetune(notice), ref, notice.task_id)
     inserted = c.execute(
         f"""INSERT INTO events (status, raw_status, sample_url, error, payload, deadline,
-               task_id, received_at, updated_at, metadata, task_kind)
-           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, coalesce(?,
+               task_id, received_at, updated_at, via, deliveries, metadata, task_kind)
+           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, coalesce(?,
                (SELECT metadata FROM submissions WHERE ref = ? OR task_id = ?
                 ORDER BY ref = ? DESC LIMIT 1), '{{}}'), {_KIND})
            ON CONFLICT (task_id) DO NOTHING RETURNING task_kind""",
-        (*fields, notice.task_id, now, now, metadata, ref, notice.task_id, ref, *kind_params),
+        (
+            *fields,
+            notice.task_id,
+            now,
+            now,
+            via.value,
+            delivered,
+            metadata,
+            ref,
+            notice.task_id,
+            ref,
+            *kind_params,
+        ),
     ).fetchall()
     if inserted:
         kind = TaskKind(inserted[0][0])
@@ -499,18 +580,18 @@ def _record(
             # Already final, or nothing new: count the delivery, keep what was recorded first
             # (a late Pending must not overwrite a Ready).
             c.execute(
-                f"""UPDATE events SET deliveries = deliveries + 1, updated_at = ?,
+                f"""UPDATE events SET deliveries = deliveries + ?, updated_at = ?,
                         metadata = {_FILL_METADATA} WHERE task_id = ?""",
-                (now, metadata, notice.task_id),
+                (delivered, now, metadata, notice.task_id),
             )
             return RecordOutcome.DUPLICATE if known.terminal else RecordOutcome.PROGRESS
         updated = c.execute(
             f"""UPDATE events SET status = ?, raw_status = ?, sample_url = ?, error = ?,
-                   payload = ?, deadline = ?, deliveries = deliveries + 1, updated_at = ?,
-                   metadata = {_FILL_METADATA},
+                   payload = ?, deadline = ?, deliveries = deliveries + ?, updated_at = ?,
+                   via = ?, metadata = {_FILL_METADATA},
                    task_kind = CASE WHEN task_kind = 'finetune' THEN 'finetune' ELSE {_KIND} END
                WHERE task_id = ? RETURNING task_kind""",
-            (*fields, now, metadata, *kind_params, notice.task_id),
+            (*fields, delivered, now, via.value, metadata, *kind_params, notice.task_id),
         ).fetchall()
         kind = TaskKind(updated[0][0])
     if not notice.status.terminal:
@@ -567,8 +648,9 @@ def _finish(
     outcome: str,
     *,
     run_at: float | None = None,
+    tb: str | None = None,
 ) -> bool:
-    """Move a running job on, fenced by its lease; record the attempt."""
+    """Move a running job on, fenced by its lease; record the attempt (and its traceback)."""
     now = time.time()
     cur = c.execute(
         """UPDATE jobs SET state = ?, lease = NULL, lease_until = NULL, last_error = ?,
@@ -579,6 +661,8 @@ def _finish(
     if cur.rowcount == 0:
         return False
     c.execute(
-        "INSERT INTO job_runs VALUES (?, ?, ?, ?, ?)", (job.id, job.attempts, outcome, error, now)
+        """INSERT INTO job_runs (job_id, attempt, outcome, error, finished_at, traceback)
+           VALUES (?, ?, ?, ?, ?, ?)""",
+        (job.id, job.attempts, outcome, error, now, cap_traceback(tb)),
     )
     return True

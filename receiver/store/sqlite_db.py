@@ -17,8 +17,8 @@ import sqlite3
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import quote
 
 T = TypeVar("T")
 
@@ -84,8 +84,8 @@ class SQLiteThread:
     def _connect(self) -> sqlite3.Connection:
         target, uri = self._path, False
         if not self._create and self._path != ":memory:":
-            # mode=rw: open the file if it is there, fail (never create it) if it is not.
-            target, uri = f"file:{quote(self._path)}?mode=rw", True
+            # mode=rw: open an existing file or fail, never create an empty one in its place.
+            target, uri = Path(os.path.abspath(self._path)).as_uri() + "?mode=rw", True
         conn = sqlite3.connect(target, isolation_level=None, check_same_thread=False, uri=uri)
         conn.row_factory = sqlite3.Row
         conn.execute("PRAGMA busy_timeout = 10000")
