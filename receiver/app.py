@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import httpx
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
@@ -25,7 +25,7 @@ from receiver.settings import Settings
 from receiver.storage import Storage, open_storage
 from receiver.store import RecordOutcome, Store, open_store
 from receiver.store.base import ForeignReference
-from receiver.verify import VerificationError, derive_secret, verify
+from receiver.verify import VerificationError, derive_secret, verify, verify_headers
 from receiver.worker import Worker
 
 log = logging.getLogger("receiver")
@@ -119,8 +119,14 @@ def _runtime(request: Request) -> Runtime:
     return runtime
 
 
-def _problem(status: int, error: str) -> JSONResponse:
-    return JSONResponse({"error": error}, status_code=status)
+def _problem(status: int, error: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": error}, status_code=status, headers=headers)
+
+
+def _unauthorized(rt: Runtime, exc: VerificationError) -> Response:
+    rt.metrics.webhooks.labels("unauthorized").inc()
+    log.warning("webhook refused: %s", exc)  # the reason, never the secret
+    return _problem(401, "unauthorized", _CLOSE)
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
@@ -135,15 +141,13 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return bytes(body)
 
 
-async def webhook(request: Request) -> Response:
-    started = time.perf_counter()
-    rt = _runtime(request)
-    settings = rt.settings
-    try:
-        body = await _read_body(request, settings.max_body_bytes)
-    except BodyTooLarge:
-        rt.metrics.webhooks.labels("too_large").inc()
-        return _problem(413, f"body over {settings.max_body_bytes} bytes")
+#: On answers given before the body was read in full: the connection cannot be reused, and
+#: closing it frees the socket at once instead of reading (and discarding) the rest.
+_CLOSE = {"connection": "close"}
+
+
+def _accepted_secrets(rt: Runtime, request: Request) -> tuple[list[str], str | None]:
+    """The secrets this request may carry, and its ``?ref=`` (known before the body is read)."""
     secrets = rt.secrets
     ref = None
     if b"ref=" in request.scope["query_string"]:
@@ -151,12 +155,37 @@ async def webhook(request: Request) -> Response:
     if ref is not None:
         # Per-task secrets (the submitter's default): derived from a master and the reference.
         secrets = secrets + [derive_secret(m, ref) for m in secrets]
+    return secrets, ref
+
+
+async def webhook(request: Request) -> Response:
+    started = time.perf_counter()
+    rt = _runtime(request)
+    settings = rt.settings
+    secrets, ref = _accepted_secrets(rt, request)
     try:
-        verify(body, request.headers, secrets)
+        # The secret header is checked before a byte of the body is read: a client without
+        # the secret costs no memory and holds no connection.
+        authenticated = verify_headers(request.headers, secrets)
     except VerificationError as exc:
-        rt.metrics.webhooks.labels("unauthorized").inc()
-        log.warning("webhook refused: %s", exc)  # the reason, never the secret
-        return _problem(401, "unauthorized")
+        return _unauthorized(rt, exc)
+    try:
+        async with asyncio.timeout(settings.body_timeout_seconds):
+            body = await _read_body(request, settings.max_body_bytes)
+    except BodyTooLarge:
+        rt.metrics.webhooks.labels("too_large").inc()
+        return _problem(413, f"body over {settings.max_body_bytes} bytes", _CLOSE)
+    except TimeoutError:
+        rt.metrics.webhooks.labels("timeout").inc()
+        return _problem(408, f"body not received within {settings.body_timeout_seconds} s", _CLOSE)
+    except ClientDisconnect:
+        # Gone (or cut by the server's read deadline): nobody is left to answer.
+        return Response(status_code=400, headers=_CLOSE)
+    if not authenticated:
+        try:
+            verify(body, request.headers, secrets)  # the X-BFL-Signature over the body
+        except VerificationError as exc:
+            return _unauthorized(rt, exc)
     try:
         notice = parse_notice(body)
     except PayloadError as exc:

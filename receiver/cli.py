@@ -84,6 +84,8 @@ def serve(host: str | None, port: int | None, fd: int | None, no_worker: bool | 
     import uvicorn  # noqa: PLC0415 - only serve needs the server
 
     from receiver.app import create_app  # noqa: PLC0415
+    from receiver.httpguard import GuardLimits, guarded_protocol  # noqa: PLC0415
+    from receiver.rlimit import connection_budget, raise_open_files_limit  # noqa: PLC0415
 
     settings = _settings(host=host, port=port, run_worker=False if no_worker else None)
     if not settings.webhook_secret:
@@ -98,12 +100,21 @@ def serve(host: str | None, port: int | None, fd: int | None, no_worker: bool | 
         app = create_app(settings)
     except Exception as exc:  # a bad handler spec or URL: say so, no traceback
         raise click.ClickException(str(exc)) from exc
+    # Descriptors first: below the limit, every extra connection would make accept() fail.
+    open_files = raise_open_files_limit()
+    limits = GuardLimits(
+        header_timeout=settings.header_timeout_seconds,
+        body_timeout=settings.body_timeout_seconds,
+        max_connections=connection_budget(settings.max_connections, open_files),
+    )
     config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
         timeout_graceful_shutdown=10,
+        http=guarded_protocol(limits),
+        timeout_keep_alive=settings.keep_alive_timeout_seconds,
     )
     server = uvicorn.Server(config)
     if fd is None:
