@@ -104,8 +104,6 @@ def test_huge_and_odd_headers_are_refused_without_a_5xx(tmp_path: Path) -> None:
         many = {f"x-h{i}": "v" * 100 for i in range(300)}
         assert r.post({"id": "m", "status": "Pending"}, headers=many).status_code < 500
         # A Latin-1 secret (not ASCII), and a Content-Length that is not a number.
-        latin = r.post({"id": "l", "status": "Pending"}, secret=None)
-        assert latin.status_code == 401
         odd = r.client.post(
             "/webhooks/bfl", content=b"{}", headers={b"x-webhook-secret": b"caf\xe9"}
         )
