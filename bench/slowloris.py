@@ -1,14 +1,15 @@
 """Slow clients: /healthz latency and receiver RSS with N hostile connections held open.
 
-Starts a receiver (``--receiver``, default ``bfl-receiver`` from PATH, so a baseline checkout
-can be measured with its own command) on a loopback socket with a soft open-file limit of 1024,
-opens N connections split evenly between idle, half-sent headers, a wrong secret with an
-unfinished 256 KiB body, and headers trickled a byte a second (tests/slowclients.py), then
+Starts a receiver (``--receiver``, default this environment's ``bfl-receiver``; a baseline
+checkout can be measured with its own command) on a loopback socket with a soft open-file limit
+of 1024, opens N connections split evenly between idle, half-sent headers, a wrong secret with
+an unfinished 256 KiB body, and headers trickled a byte a second (tests/slowclients.py), then
 measures /healthz (a new connection each time, 2 s timeout) and RSS while they are held, and
-again after ``--hold`` seconds.
+again after ``--hold`` seconds; ``--waves`` times, so RSS that keeps growing shows.
 
     python bench/slowloris.py                      # this checkout's bfl-receiver
-    python bench/slowloris.py --receiver "/path/to/baseline/.venv/bin/bfl-receiver"
+    python bench/slowloris.py --receiver /path/to/baseline/.venv/bin/bfl-receiver
+    python bench/slowloris.py --receiver "env PYTHONPATH=BASELINE python -P -m receiver.cli"
 """
 
 from __future__ import annotations
@@ -64,11 +65,23 @@ def _soft_limit_1024() -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(1024, hard), hard))
 
 
+def _default_receiver() -> str:
+    """This environment's ``bfl-receiver`` (beside this Python), else the one on PATH."""
+    beside = Path(sys.executable).parent / "bfl-receiver"
+    return str(beside) if beside.exists() else "bfl-receiver"
+
+
 @click.command()
-@click.option("--receiver", "command", default="bfl-receiver", show_default=True)
+@click.option(
+    "--receiver",
+    "command",
+    default=_default_receiver,
+    help="The receiver command ('serve --fd N --no-worker' is appended). Default: this venv's.",
+)
 @click.option("--connections", default=2000, show_default=True, help="Hostile connections.")
 @click.option("--hold", default=15.0, show_default=True, help="Seconds before the second look.")
-def main(command: str, connections: int, hold: float) -> None:
+@click.option("--waves", default=2, show_default=True, help="Rounds: RSS must not keep growing.")
+def main(command: str, connections: int, hold: float, waves: int) -> None:
     raise_open_files_limit()  # this process holds the hostile sockets
     with tempfile.TemporaryDirectory() as tmp:
         sock = listen()
@@ -98,22 +111,23 @@ def main(command: str, connections: int, hold: float) -> None:
             print(f"idle:  healthz {summary(*healthz_ms(url, 20))}; RSS {rss_mb(proc.pid):.0f} MB")
             host, port = url.removeprefix("http://").split(":")
             per_kind = connections // len(KINDS)
-            with hostile_connections(host, int(port), per_kind) as hostiles:
-                time.sleep(1)
-                print(
-                    f"{per_kind * len(KINDS)} hostile ({hostiles.failed} not connected), "
-                    f"{open_sockets(proc.pid)} sockets held by the receiver: healthz "
-                    f"{summary(*healthz_ms(url, 20))}; RSS {rss_mb(proc.pid):.0f} MB"
-                )
-                time.sleep(hold)
-                closed = ", ".join(
-                    f"{kind} {hostiles.closed_by_server(kind)}/{per_kind}" for kind in KINDS
-                )
-                print(
-                    f"after {hold:.0f} s: closed by the receiver: {closed}; "
-                    f"{open_sockets(proc.pid)} sockets held; healthz "
-                    f"{summary(*healthz_ms(url, 20))}; RSS {rss_mb(proc.pid):.0f} MB"
-                )
+            for wave in range(1, waves + 1):
+                with hostile_connections(host, int(port), per_kind) as hostiles:
+                    time.sleep(1)
+                    print(
+                        f"wave {wave}: {per_kind * len(KINDS)} hostile ({hostiles.failed} not "
+                        f"connected), {open_sockets(proc.pid)} sockets held by the receiver: "
+                        f"healthz {summary(*healthz_ms(url, 20))}; RSS {rss_mb(proc.pid):.0f} MB"
+                    )
+                    time.sleep(hold)
+                    closed = ", ".join(
+                        f"{kind} {hostiles.closed_by_server(kind)}/{per_kind}" for kind in KINDS
+                    )
+                    print(
+                        f"  after {hold:.0f} s: closed by the receiver: {closed}; "
+                        f"{open_sockets(proc.pid)} sockets held; healthz "
+                        f"{summary(*healthz_ms(url, 20))}; RSS {rss_mb(proc.pid):.0f} MB"
+                    )
         finally:
             proc.kill()
             proc.wait()
