@@ -101,6 +101,8 @@ def _read_answer(sock: socket.socket, timeout: float) -> bytes:
                 break
     except TimeoutError:
         pass
+    except ConnectionResetError:
+        pass  # closed with a reset: no (more) answer
     return answer
 
 
@@ -114,7 +116,7 @@ def many_files() -> None:
 @pytest.mark.slow
 @pytest.mark.usefixtures("many_files")
 def test_two_thousand_hostile_connections_do_not_starve_real_requests(tmp_path: Path) -> None:
-    timeout = 6.0
+    timeout = 10.0  # the default: room to open 2,000 sockets and measure on a loaded machine
     with receiver_process(
         tmp_path,
         RECEIVER_HEADER_TIMEOUT_SECONDS=str(timeout),
