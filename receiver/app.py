@@ -19,7 +19,7 @@ from starlette.routing import Route
 from receiver.download import url_deadline
 from receiver.handlers import Handler, HandlerSet, load_handlers
 from receiver.metrics import Metrics
-from receiver.payload import PayloadError, parse_notice
+from receiver.payload import MAX_REF_LENGTH, PayloadError, parse_notice
 from receiver.reconciler import Reconciler
 from receiver.settings import Settings
 from receiver.storage import Storage, open_storage
@@ -153,6 +153,9 @@ def _accepted_secrets(rt: Runtime, request: Request) -> tuple[list[str], str | N
     if b"ref=" in request.scope["query_string"]:
         ref = request.query_params.get("ref") or None
     if ref is not None:
+        if len(ref) > MAX_REF_LENGTH or not ref.isprintable():
+            # A NUL or control character cannot even be looked up in PostgreSQL: a 400, not 500.
+            raise PayloadError("malformed ?ref= (too long, or not printable)")
         # Per-task secrets (the submitter's default): derived from a master and the reference.
         secrets = secrets + [derive_secret(m, ref) for m in secrets]
     return secrets, ref
@@ -162,7 +165,11 @@ async def webhook(request: Request) -> Response:
     started = time.perf_counter()
     rt = _runtime(request)
     settings = rt.settings
-    secrets, ref = _accepted_secrets(rt, request)
+    try:
+        secrets, ref = _accepted_secrets(rt, request)
+    except PayloadError as exc:
+        rt.metrics.webhooks.labels("malformed").inc()
+        return _problem(400, str(exc), _CLOSE)
     try:
         # The secret header is checked before a byte of the body is read: a client without
         # the secret costs no memory and holds no connection.

@@ -26,6 +26,8 @@ _STATUSES: dict[str, Status] = {
 }
 
 MAX_TASK_ID_LENGTH = 200
+#: A webhook URL's ``?ref=`` (the submitter's are 22 characters).
+MAX_REF_LENGTH = 200
 #: BFL's bodies nest three or four levels; far deeper ones only exhaust the parser's and the
 #: encoders' recursion (a 500 on every retry), so they are refused.
 MAX_DEPTH = 32

@@ -96,6 +96,21 @@ def test_lone_surrogates_and_nul_are_recorded_with_replacement_characters(
     assert nul.error in ("a\x00b", f"a{REPLACEMENT}b")  # PostgreSQL text cannot hold NUL
 
 
+@pytest.mark.parametrize(
+    "query", ["ref=%00", "ref=a%00b", "ref=%0a", "ref=" + "a" * 300, "ref=%ff%fe", "ref=&ref=x"]
+)
+def test_odd_references_never_get_a_5xx(tmp_path: Path, store_url: str, query: str) -> None:
+    with running_receiver(settings_for(tmp_path, database_url=store_url)) as r:
+        resp = r.client.post(
+            "/webhooks/bfl?" + query,
+            content=b'{"id": "t1", "status": "Pending"}',
+            headers={"x-webhook-secret": SECRET},
+        )
+        assert resp.status_code in (200, 400), resp.text
+        if "%0" in query or "a" * 300 in query:
+            assert resp.status_code == 400
+
+
 def test_huge_and_odd_headers_are_refused_without_a_5xx(tmp_path: Path) -> None:
     with running_receiver(settings_for(tmp_path)) as r:
         # h11 takes what arrives in one read, and refuses an incomplete head over 16 KiB.
@@ -134,15 +149,20 @@ _json = st.recursive(
     ),
     max_leaves=20,
 )
+_ids = st.text(string.ascii_letters + string.digits + "-", min_size=1, max_size=30)
 _shaped = st.fixed_dictionaries(
-    {"id": st.text(max_size=30) | st.integers() | _json, "status": _json},
+    {"id": _ids | st.text(max_size=30) | st.integers() | _json, "status": _json},
     optional={"result": st.fixed_dictionaries({"sample": _json}) | _json, "error": _json},
 )
 
 
 @st.composite
 def _bodies(draw: st.DrawFn) -> bytes:
-    choice = draw(st.sampled_from(["shaped", "json", "bytes", "cut", "huge_int"]))
+    choice = draw(st.sampled_from(["good", "shaped", "json", "bytes", "cut", "huge_int"]))
+    if choice == "good":  # what BFL sends, with hostile values where they go
+        result = {"sample": draw(_json | st.text()), "seed": draw(_json)}
+        good = {"id": draw(_ids), "status": draw(st.sampled_from(["Ready", "Error"]) | _json)}
+        return json.dumps({**good, "result": result, "error": draw(_json)}).encode()
     if choice == "shaped":
         return json.dumps(draw(_shaped)).encode()
     if choice == "json":
@@ -155,6 +175,7 @@ def _bodies(draw: st.DrawFn) -> bytes:
     return text[: draw(st.integers(0, len(text)))]
 
 
+_query_parts = ["ref=", "%00", "%ff", "%", "&", "=", "a", "%0a", "%ud800", "+", "%2525", "ref"]
 _header_text = st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=40)
 _content_types = st.sampled_from(
     ["application/json", "text/plain", "application/x-www-form-urlencoded", "", "*/*; x=\x7f"]
@@ -164,8 +185,9 @@ _content_types = st.sampled_from(
 @given(
     body=_bodies(),
     content_type=_content_types,
-    query=st.text(string.printable.strip() + "%é", max_size=40),
-    auth=st.sampled_from(["secret", "signature", "wrong", "none", "junk_signature"]),
+    query=st.text(string.printable.strip() + "%é", max_size=40)
+    | st.lists(st.sampled_from(_query_parts), max_size=8).map(lambda p: "ref=" + "".join(p)),
+    auth=st.sampled_from(["secret", "secret", "signature", "wrong", "none", "junk_signature"]),
     junk=_header_text,
 )
 @settings(
