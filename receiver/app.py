@@ -152,24 +152,23 @@ def _accepted_secrets(rt: Runtime, request: Request) -> tuple[list[str], str | N
     ref = None
     if b"ref=" in request.scope["query_string"]:
         ref = request.query_params.get("ref") or None
-    if ref is not None:
-        if len(ref) > MAX_REF_LENGTH or not ref.isprintable():
-            # A NUL or control character cannot even be looked up in PostgreSQL: a 400, not 500.
-            raise PayloadError("malformed ?ref= (too long, or not printable)")
+    if ref is not None and _usable_ref(ref):
         # Per-task secrets (the submitter's default): derived from a master and the reference.
         secrets = secrets + [derive_secret(m, ref) for m in secrets]
     return secrets, ref
+
+
+def _usable_ref(ref: str) -> bool:
+    # A NUL or control character cannot even be looked up in PostgreSQL: refused with a 400
+    # (once authenticated, so a wrong secret still gets its 401), never a 500.
+    return len(ref) <= MAX_REF_LENGTH and ref.isprintable()
 
 
 async def webhook(request: Request) -> Response:
     started = time.perf_counter()
     rt = _runtime(request)
     settings = rt.settings
-    try:
-        secrets, ref = _accepted_secrets(rt, request)
-    except PayloadError as exc:
-        rt.metrics.webhooks.labels("malformed").inc()
-        return _problem(400, str(exc), _CLOSE)
+    secrets, ref = _accepted_secrets(rt, request)
     try:
         # The secret header is checked before a byte of the body is read: a client without
         # the secret costs no memory and holds no connection.
@@ -193,6 +192,9 @@ async def webhook(request: Request) -> Response:
             verify(body, request.headers, secrets)  # the X-BFL-Signature over the body
         except VerificationError as exc:
             return _unauthorized(rt, exc)
+    if ref is not None and not _usable_ref(ref):
+        rt.metrics.webhooks.labels("malformed").inc()
+        return _problem(400, "malformed ?ref= (too long, or not printable)")
     try:
         notice = parse_notice(body)
     except PayloadError as exc:
