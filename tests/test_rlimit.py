@@ -27,7 +27,7 @@ def test_the_soft_limit_is_raised_to_the_hard_one() -> None:
 
     out = subprocess.run(
         [sys.executable, "-c", script],
-        preexec_fn=soft_64,  # noqa: PLW1509 - the test process starts no threads for this
+        preexec_fn=soft_64,  # one system call: safe between fork and exec
         capture_output=True,
         text=True,
         check=True,

@@ -58,9 +58,9 @@ def receiver_process(tmp_path: Path, **env: str) -> Iterator[tuple[subprocess.Po
             **env,
         },
         pass_fds=(sock.fileno(),),
-        # The common default soft limit, so the test proves serve raises it. No threads run
-        # in this process's children setup, so preexec_fn is safe here.
-        preexec_fn=_soft_limit_1024,  # noqa: PLW1509
+        # The common default soft limit, so the test proves serve raises it; setrlimit is one
+        # system call, safe between fork and exec.
+        preexec_fn=_soft_limit_1024,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
