@@ -97,7 +97,7 @@ def main(command: str, connections: int, hold: float, waves: int) -> None:
             [*shlex.split(command), "serve", "--fd", str(sock.fileno()), "--no-worker"],
             env=env,
             pass_fds=(sock.fileno(),),
-            preexec_fn=_soft_limit_1024,  # one system call: safe between fork and exec
+            preexec_fn=_soft_limit_1024,  # noqa: PLW1509 - one syscall, safe after fork
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )

@@ -60,7 +60,7 @@ def receiver_process(tmp_path: Path, **env: str) -> Iterator[tuple[subprocess.Po
         pass_fds=(sock.fileno(),),
         # The common default soft limit, so the test proves serve raises it; setrlimit is one
         # system call, safe between fork and exec.
-        preexec_fn=_soft_limit_1024,
+        preexec_fn=_soft_limit_1024,  # noqa: PLW1509 - see above
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
