@@ -183,7 +183,10 @@ def test_wrong_secret_is_refused_before_the_body_and_a_slow_body_gets_408(
     tmp_path: Path,
 ) -> None:
     with receiver_process(
-        tmp_path, RECEIVER_HEADER_TIMEOUT_SECONDS="2", RECEIVER_BODY_TIMEOUT_SECONDS="2"
+        tmp_path,
+        RECEIVER_HEADER_TIMEOUT_SECONDS="2",
+        RECEIVER_BODY_TIMEOUT_SECONDS="2",
+        RECEIVER_KEEP_ALIVE_TIMEOUT_SECONDS="1",
     ) as (_, url):
         host, port = url.removeprefix("http://").split(":")
         # Headers announce 256 KiB and none of it is sent: the 401 comes without waiting.
@@ -217,6 +220,32 @@ def test_wrong_secret_is_refused_before_the_body_and_a_slow_body_gets_408(
         assert 1.5 < time.monotonic() - started < 6
         assert _read_answer(trickle, timeout=5) == b""
         trickle.close()
+
+        # A body the app never reads (/healthz answers from its headers) cannot be trickled
+        # for ever either: the server's own body deadline (2 s + 1) closes the connection.
+        unread = socket.create_connection((host, int(port)))
+        unread.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\nx")
+        started = time.monotonic()
+        assert _read_answer(unread, timeout=5).startswith(b"HTTP/1.1 200")
+        for _ in range(40):
+            try:
+                unread.send(b"x")
+            except OSError:
+                break
+            time.sleep(0.25)
+        assert 2 < time.monotonic() - started < 7
+        unread.close()
+
+        # Idle after an answer: closed at the keep-alive timeout (1 s here).
+        kept = socket.create_connection((host, int(port)))
+        kept.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert _read_answer(kept, timeout=5).startswith(b"HTTP/1.1 200")
+        started = time.monotonic()
+        kept.settimeout(5)
+        while kept.recv(100):  # the rest of the answer, then the server's close
+            pass
+        assert 0.5 < time.monotonic() - started < 4
+        kept.close()
         assert _answers(url)
 
 
