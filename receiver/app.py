@@ -119,6 +119,11 @@ def _runtime(request: Request) -> Runtime:
     return runtime
 
 
+#: On answers given before the body was read in full: the connection cannot be reused, and
+#: closing it frees the socket at once instead of reading (and discarding) the rest.
+_CLOSE = {"connection": "close"}
+
+
 def _problem(status: int, error: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"error": error}, status_code=status, headers=headers)
 
@@ -139,11 +144,6 @@ async def _read_body(request: Request, limit: int) -> bytes:
         if len(body) > limit:
             raise BodyTooLarge
     return bytes(body)
-
-
-#: On answers given before the body was read in full: the connection cannot be reused, and
-#: closing it frees the socket at once instead of reading (and discarding) the rest.
-_CLOSE = {"connection": "close"}
 
 
 def _accepted_secrets(rt: Runtime, request: Request) -> tuple[list[str], str | None]:
