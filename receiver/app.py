@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import httpx
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
@@ -23,14 +23,14 @@ from receiver.handlers import Handler, HandlerSet, load_handlers
 from receiver.health import Health, describe
 from receiver.loops import watch
 from receiver.metrics import Metrics
-from receiver.payload import PayloadError, parse_notice
+from receiver.payload import MAX_REF_LENGTH, PayloadError, parse_notice
 from receiver.reconciler import Reconciler
 from receiver.refusals import RefusedWebhooks
 from receiver.settings import Settings
 from receiver.storage import Storage, open_storage
 from receiver.store import RecordOutcome, Store, open_store
 from receiver.store.base import ForeignReference
-from receiver.verify import VerificationError, verify
+from receiver.verify import VerificationError, verify, verify_headers
 from receiver.worker import Worker
 
 log = logging.getLogger("receiver")
@@ -150,8 +150,22 @@ def _runtime(request: Request) -> Runtime:
     return runtime
 
 
-def _problem(status: int, error: str) -> JSONResponse:
-    return JSONResponse({"error": error}, status_code=status)
+#: On answers given before the body was read in full: the connection cannot be reused, and
+#: closing it frees the socket at once instead of reading (and discarding) the rest.
+_CLOSE = {"connection": "close"}
+
+
+def _problem(status: int, error: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": error}, status_code=status, headers=headers)
+
+
+def _unauthorized(
+    rt: Runtime, exc: VerificationError, body: bytes | None, ref: str | None
+) -> Response:
+    rt.metrics.webhooks.labels("unauthorized").inc()
+    log.warning("webhook refused: %s", exc)  # the reason, never the secret
+    rt.refused.refused(body, ref)  # for the hint if the task then arrives by polling
+    return _problem(401, "unauthorized", _CLOSE)
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
@@ -166,24 +180,44 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return bytes(body)
 
 
+def _usable_ref(ref: str) -> bool:
+    # A NUL or control character cannot even be looked up in PostgreSQL: refused with a 400
+    # (once authenticated, so a wrong secret still gets its 401), never a 500.
+    return len(ref) <= MAX_REF_LENGTH and ref.isprintable()
+
+
 async def webhook(request: Request) -> Response:
     started = time.perf_counter()
     rt = _runtime(request)
     settings = rt.settings
-    try:
-        body = await _read_body(request, settings.max_body_bytes)
-    except BodyTooLarge:
-        rt.metrics.webhooks.labels("too_large").inc()
-        return _problem(413, f"body over {settings.max_body_bytes} bytes")
     link = _correlation(request, rt.secrets)
     ref = link.ref
     try:
-        verify(body, request.headers, link.secrets)
+        # The secret header is checked before a byte of the body is read: a client without
+        # the secret costs no memory and holds no connection.
+        authenticated = verify_headers(request.headers, link.secrets)
     except VerificationError as exc:
-        rt.metrics.webhooks.labels("unauthorized").inc()
-        log.warning("webhook refused: %s", exc)  # the reason, never the secret
-        rt.refused.refused(body, ref)
-        return _problem(401, "unauthorized")
+        return _unauthorized(rt, exc, None, ref)
+    try:
+        async with asyncio.timeout(settings.body_timeout_seconds):
+            body = await _read_body(request, settings.max_body_bytes)
+    except BodyTooLarge:
+        rt.metrics.webhooks.labels("too_large").inc()
+        return _problem(413, f"body over {settings.max_body_bytes} bytes", _CLOSE)
+    except TimeoutError:
+        rt.metrics.webhooks.labels("timeout").inc()
+        return _problem(408, f"body not received within {settings.body_timeout_seconds} s", _CLOSE)
+    except ClientDisconnect:
+        # Gone (or cut by the server's read deadline): nobody is left to answer.
+        return Response(status_code=400, headers=_CLOSE)
+    if not authenticated:
+        try:
+            verify(body, request.headers, link.secrets)  # the X-BFL-Signature over the body
+        except VerificationError as exc:
+            return _unauthorized(rt, exc, body, ref)
+    if ref is not None and not _usable_ref(ref):
+        rt.metrics.webhooks.labels("malformed").inc()
+        return _problem(400, "malformed ?ref= (too long, or not printable)")
     try:
         if link.error is not None:
             raise PayloadError(link.error)

@@ -63,6 +63,8 @@ def serve(host: str | None, port: int | None, fd: int | None, no_worker: bool | 
     import uvicorn  # noqa: PLC0415 - only serve needs the server
 
     from receiver.app import create_app  # noqa: PLC0415
+    from receiver.httpguard import GuardLimits, guarded_protocol  # noqa: PLC0415
+    from receiver.rlimit import connection_budget, raise_open_files_limit  # noqa: PLC0415
 
     settings = load_settings(host=host, port=port, run_worker=False if no_worker else None)
     if not settings.webhook_secret:
@@ -80,12 +82,21 @@ def serve(host: str | None, port: int | None, fd: int | None, no_worker: bool | 
     # Open the store once first: one that cannot be opened (PostgreSQL down, a wrong password,
     # an unwritable folder) is then one line, not the server's startup traceback.
     with_store(settings, lambda store: store.ping(), create=True)
+    # Descriptors first: below the limit, every extra connection would make accept() fail.
+    open_files = raise_open_files_limit()
+    limits = GuardLimits(
+        header_timeout=settings.header_timeout_seconds,
+        body_timeout=settings.body_timeout_seconds,
+        max_connections=connection_budget(settings.max_connections, open_files),
+    )
     config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
         timeout_graceful_shutdown=10,
+        http=guarded_protocol(limits),
+        timeout_keep_alive=settings.keep_alive_timeout_seconds,
     )
     server = uvicorn.Server(config)
     if fd is None:

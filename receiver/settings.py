@@ -68,6 +68,20 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=256 * 1024, gt=0)
     """Webhook bodies above this are refused with 413 before they are read in full."""
 
+    header_timeout_seconds: float = Field(default=10.0, gt=0)
+    """A connection must send a request's headers within this (from its first byte, or from
+    opening); otherwise it is closed. Idle and half-sent connections cannot pile up."""
+
+    body_timeout_seconds: float = Field(default=10.0, gt=0)
+    """A webhook's body must arrive within this after its headers: 408 (and closed) if not."""
+
+    keep_alive_timeout_seconds: int = Field(default=5, ge=1)
+    """An idle keep-alive connection is closed after this (uvicorn's ``timeout_keep_alive``)."""
+
+    max_connections: int = Field(default=2048, ge=1)
+    """Open connections at most. At the bound the oldest one still waiting on its client is
+    closed for a newcomer; when all are busy, newcomers get 503 with ``Retry-After``."""
+
     max_sample_bytes: int = Field(default=64 * 1024 * 1024, gt=0)
     """Downloads above this are aborted (BFL images are a few MB at most)."""
 

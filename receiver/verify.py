@@ -2,8 +2,10 @@
 
 BFL documents the shared secret in ``X-Webhook-Secret``. One unofficial source says it may also
 sign the body as ``X-BFL-Signature: sha256=<hex HMAC-SHA256>``; we accept either, and always
-compare in constant time. ``sign`` lives beside ``verify`` so the sandbox and the tests produce
-exactly what production checks.
+compare in constant time. ``verify_headers`` settles the secret header before the body is read
+(a wrong secret costs the receiver no body); ``verify`` also checks the signature over the body.
+``sign`` lives beside ``verify`` so the sandbox and the tests produce exactly what production
+checks.
 """
 
 from __future__ import annotations
@@ -43,6 +45,32 @@ def derive_bound_secret(master: str, ref: str, metadata: bytes) -> str:
     """
     message = b"bfl-hooks/task+m/" + hashlib.sha256(metadata).digest() + ref.encode()
     return hmac.new(master.encode(), message, hashlib.sha256).hexdigest()
+
+
+def verify_headers(headers: Mapping[str, str], secrets: Iterable[str]) -> bool:
+    """Authenticate from the headers alone, before any of the body is read.
+
+    Return True if ``X-Webhook-Secret`` matches one of ``secrets``; False if it does not but an
+    ``X-BFL-Signature`` is present, so the body must be read and passed to ``verify``; raise
+    VerificationError otherwise (no secret configured, no header, or a wrong secret with no
+    signature). Constant time, every secret compared, as in ``verify``.
+    """
+    secrets = [s for s in secrets if s]
+    if not secrets:
+        raise VerificationError("no webhook secret is configured")
+    presented = headers.get(SECRET_HEADER)
+    has_signature = headers.get(SIGNATURE_HEADER) is not None
+    if presented is None and not has_signature:
+        raise VerificationError("missing X-Webhook-Secret")
+    ok = False
+    if presented is not None:
+        for secret in secrets:
+            ok |= hmac.compare_digest(presented.encode(), secret.encode())
+    if ok:
+        return True
+    if has_signature:
+        return False
+    raise VerificationError("wrong webhook secret")
 
 
 def verify(body: bytes, headers: Mapping[str, str], secrets: Iterable[str]) -> None:
