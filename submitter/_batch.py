@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
@@ -45,10 +46,14 @@ from submitter._cli_support import (
     load_settings,
     run,
 )
+from submitter._cli_webhook import no_webhook_option, say_receiver_warning, use_webhooks
 from submitter._client import BFL, certainly_refused
 from submitter._endpoints import IMAGE_FIELDS
 from submitter._errors import AuthError, BFLError, OutOfCredits, ValidationError
 from submitter._images import encode_image
+
+#: Stopped by Ctrl-C (SIGINT), as shells report it: 128 + 2.
+EXIT_INTERRUPTED = 130
 
 #: When several kinds of failure happened, the exit code names the most actionable.
 PRECEDENCE = (
@@ -75,6 +80,9 @@ class Outcomes:
     failed: list[dict[str, Any]] = field(default_factory=list)
     uncertain: list[dict[str, Any]] = field(default_factory=list)
     not_attempted: list[int] = field(default_factory=list)
+    interrupted: list[int] = field(default_factory=list)
+    """Lines in flight at Ctrl-C: saved as ``sending``; a rerun settles them (the store knows
+    whether BFL took them) or reports them as uncertain."""
 
     def exit_code(self) -> int:
         codes = {f["exit_code"] for f in self.failed}
@@ -83,7 +91,7 @@ class Outcomes:
         for code in PRECEDENCE:
             if code in codes:
                 return code
-        return EXIT_OTHER if codes or self.not_attempted else EXIT_OK
+        return EXIT_OTHER if codes or self.not_attempted or self.interrupted else EXIT_OK
 
 
 def read_lines(path: Path) -> list[Line]:
@@ -199,12 +207,17 @@ async def run_batch(
     model: str,
     retry_uncertain: bool,
     progress: Progress | None,
+    outcomes: Outcomes | None = None,
 ) -> Outcomes:
-    """Submit every line of ``path`` not already submitted; what happened to each."""
+    """Submit every line of ``path`` not already submitted; what happened to each.
+
+    ``outcomes`` is filled in as lines finish, so a caller interrupted (Ctrl-C cancels this)
+    still knows what was done; the lines in flight then are listed in ``interrupted``.
+    """
     lines = read_lines(path)
     state = StateFile(path.with_name(path.name + ".state"))
     previous = state.load()
-    outcomes = Outcomes()
+    outcomes = outcomes if outcomes is not None else Outcomes()
     todo: list[Line] = []
     for line in lines:
         record = previous.get(line.key)
@@ -224,6 +237,12 @@ async def run_batch(
     task_id = progress.add_task("submitting", total=len(todo)) if progress else None
     limit = asyncio.Semaphore(concurrency)
     stop: list[str] = []
+    sending: set[int] = set()
+    """Lines whose ``sending`` record is written and whose outcome is not (yet)."""
+
+    def finished() -> None:  # the bar counts lines with an outcome, nothing else
+        if progress is not None and task_id is not None:
+            progress.advance(task_id)
 
     async def one(line: Line) -> None:
         async with limit:
@@ -237,6 +256,7 @@ async def run_batch(
                     raise ValidationError.one(("line", line.number), line.problem)
                 endpoint, body, metadata = await _body(line, path.parent, model)
                 state.append({**base, "state": "sending"})
+                sending.add(line.number)
                 task = await bfl.submit(endpoint, body, metadata=metadata, ref=ref)
             except BFLError as exc:
                 failure = {"line": line.number, "error": str(exc), "exit_code": exit_code(exc)}
@@ -251,15 +271,40 @@ async def run_batch(
             else:
                 state.append({**base, "state": "submitted", "task": task.as_dict()})
                 outcomes.submitted.append({"line": line.number, "task_id": task.id})
-            finally:
-                if progress is not None and task_id is not None:
-                    progress.advance(task_id)
+            sending.discard(line.number)
+            finished()
 
-    await asyncio.gather(*(one(line) for line in todo))
+    watcher = asyncio.create_task(_describe_waits(bfl, progress, task_id))
+    try:
+        await asyncio.gather(*(one(line) for line in todo))
+    except asyncio.CancelledError:
+        done = {item["line"] for item in (*outcomes.submitted, *outcomes.failed)}
+        done |= {item["line"] for item in outcomes.uncertain} | set(outcomes.not_attempted)
+        outcomes.interrupted = sorted(sending)
+        outcomes.not_attempted = sorted(
+            line.number for line in todo if line.number not in done | sending
+        )
+        raise
+    finally:
+        watcher.cancel()
     for group in (outcomes.submitted, outcomes.failed, outcomes.uncertain):
         group.sort(key=lambda item: int(item["line"]))
     outcomes.not_attempted.sort()
     return outcomes
+
+
+async def _describe_waits(bfl: BFL, progress: Progress | None, task_id: Any) -> None:
+    """Keep the bar's label true: say so while a submit waits for one of BFL's slots."""
+    if progress is None or task_id is None:
+        return
+    shown = "submitting"
+    while True:
+        waiting = bfl.waiting_for_slot
+        label = f"waiting for a slot ({waiting})" if waiting else "submitting"
+        if label != shown:
+            progress.update(task_id, description=label)
+            shown = label
+        await asyncio.sleep(0.2)
 
 
 def _table(outcomes: Outcomes) -> Table:
@@ -272,6 +317,7 @@ def _table(outcomes: Outcomes) -> Table:
         ("already submitted", len(outcomes.skipped), "skipped"),
         ("failed", len(outcomes.failed), _first(outcomes.failed)),
         ("uncertain", len(outcomes.uncertain), _first(outcomes.uncertain)),
+        ("interrupted", len(outcomes.interrupted), "in flight at Ctrl-C: the rerun settles them"),
         ("not attempted", len(outcomes.not_attempted), "rerun once the cause is fixed"),
     ]
     for name, count, detail in rows:
@@ -302,13 +348,29 @@ def _first(items: list[dict[str, Any]]) -> str:
     is_flag=True,
     help="Also resubmit lines BFL may already have (after a 5xx or a crash): may charge twice.",
 )
+@no_webhook_option
 @json_option
-def batch(file: Path, concurrency: int, model: str, retry_uncertain: bool, as_json: bool) -> None:
-    """Submit every line of FILE (JSONL); rerun it to resume where it stopped."""
+def batch(
+    *,
+    file: Path,
+    concurrency: int,
+    model: str,
+    retry_uncertain: bool,
+    as_json: bool,
+    no_webhook: bool,
+) -> None:
+    """Submit every line of FILE (JSONL); rerun it to resume where it stopped.
+
+    Without RECEIVER_WEBHOOK_SECRET it refuses to start unless --no-webhook says that
+    submitting without webhooks is meant. Ctrl-C stops it; what was done is saved.
+    """
     settings = load_settings()
+    webhooks = use_webhooks(settings, no_webhook=no_webhook, required=True)
+    outcomes = Outcomes()
 
     async def work() -> Outcomes:
-        async with client(settings) as bfl:
+        async with client(settings, submitting=webhooks) as bfl:
+            say_receiver_warning(bfl)
             columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
             with Progress(*columns, console=err, transient=as_json) as progress:
                 return await run_batch(
@@ -318,10 +380,15 @@ def batch(file: Path, concurrency: int, model: str, retry_uncertain: bool, as_js
                     model=model,
                     retry_uncertain=retry_uncertain,
                     progress=progress,
+                    outcomes=outcomes,
                 )
 
-    outcomes = run(work, as_json)
-    code = outcomes.exit_code()
+    interrupted = False
+    try:
+        run(work, as_json)
+    except KeyboardInterrupt:
+        interrupted = True
+    code = EXIT_INTERRUPTED if interrupted else outcomes.exit_code()
     if as_json:
         emit(
             {
@@ -331,9 +398,17 @@ def batch(file: Path, concurrency: int, model: str, retry_uncertain: bool, as_js
                 "failed": outcomes.failed,
                 "uncertain": outcomes.uncertain,
                 "not_attempted": outcomes.not_attempted,
+                "interrupted": outcomes.interrupted,
                 "exit_code": code,
             }
         )
     else:
         err.print(_table(outcomes))
+    if interrupted:
+        state = file.with_name(file.name + ".state")
+        err.print(
+            f"interrupted: {len(outcomes.submitted)} line(s) submitted in this run, "
+            f"{len(outcomes.interrupted)} in flight; every step is saved in {escape(str(state))}."
+            f" Rerun to resume: bfl-submit batch {escape(str(file))}"
+        )
     raise SystemExit(code)

@@ -24,6 +24,7 @@ from submitter._cli_support import (
     run,
     say,
 )
+from submitter._cli_webhook import no_webhook_option, say_receiver_warning, use_webhooks
 from submitter._client import BFL
 from submitter._errors import TaskFailed
 from submitter._settings import LEGACY_REGIONS, Settings
@@ -96,7 +97,7 @@ def _submit_options(fn: F) -> F:
     ]
     for option in reversed(options):
         fn = option(fn)
-    return _waiting(json_option(fn))
+    return _waiting(json_option(no_webhook_option(fn)))
 
 
 #: Given as arguments or options of their own, never through --param.
@@ -146,9 +147,11 @@ def generate(
     out: Path | None,
     timeout: float,
     as_json: bool,
+    no_webhook: bool,
 ) -> None:
     """Generate an image from PROMPT."""
     settings = load_settings()
+    webhooks = use_webhooks(settings, no_webhook=no_webhook, required=False)
     body = _body(
         params,
         width=width,
@@ -169,7 +172,8 @@ def generate(
         body[field] = Path(path)
 
     async def work() -> None:
-        async with client(settings) as bfl:
+        async with client(settings, submitting=webhooks) as bfl:
+            say_receiver_warning(bfl)
             _warn_metadata(bfl, metadata)
             task = await bfl.generate(model, metadata=metadata, prompt=prompt, **body)
             await _follow(bfl, task, wait=wait, out=out, wait_timeout=timeout, as_json=as_json)
@@ -206,9 +210,11 @@ def edit(
     out: Path | None,
     timeout: float,
     as_json: bool,
+    no_webhook: bool,
 ) -> None:
     """Edit IMAGE (JPEG, PNG or WebP; 20 MB / 20 MP at most) as PROMPT says."""
     settings = load_settings()
+    webhooks = use_webhooks(settings, no_webhook=no_webhook, required=False)
     body = _body(
         params,
         seed=seed,
@@ -219,7 +225,8 @@ def edit(
     )
 
     async def work() -> None:
-        async with client(settings) as bfl:
+        async with client(settings, submitting=webhooks) as bfl:
+            say_receiver_warning(bfl)
             _warn_metadata(bfl, metadata)
             task = await bfl.edit(
                 image, prompt, model=model, references=references, metadata=metadata, **body
