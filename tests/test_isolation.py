@@ -15,13 +15,13 @@ from receiver.handlers import load_handlers
 
 ROOT = Path(__file__).resolve().parent.parent
 
-USER_HANDLER = '''
+USER_HANDLER = """
 import receiver
 
 @receiver.on("*")
 async def notify(event: receiver.Event) -> None:
     raise RuntimeError("a user's handler, configured for their own bot, fails here")
-'''
+"""
 
 
 def install_user_package(site: Path) -> None:
