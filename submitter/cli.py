@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -10,7 +11,7 @@ import click
 from rich.markup import escape
 
 from receiver.store import Submission, opened_store
-from submitter._batch import batch
+from submitter._cli_batch import batch
 from submitter._cli_finetune import finetune
 from submitter._cli_support import (
     EXIT_CODES_HELP,
@@ -39,8 +40,11 @@ def main() -> None:
 
     Settings come from the environment or .env: BFL_API_KEY, BFL_API_URL or BFL_REGION,
     RECEIVER_PUBLIC_URL, RECEIVER_WEBHOOK_SECRET, RECEIVER_DATABASE_URL. Without a key the
-    local sandbox (http://127.0.0.1:8001) is used; without a webhook secret, tasks are polled.
+    local sandbox (http://127.0.0.1:8001) is used. Without a webhook secret, batch refuses
+    and generate/edit warn, unless --no-webhook says to submit without one (and poll).
     """
+    # What the client logs as a warning, the commands say themselves (once, as a note).
+    logging.getLogger("submitter").addHandler(logging.NullHandler())
 
 
 def _waiting(fn: F) -> F:
