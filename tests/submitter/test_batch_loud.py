@@ -25,7 +25,8 @@ from submitter._batch import Outcomes, run_batch
 from tests.submitter.conftest import World, cli, cli_json, sandbox
 from tests.support import SECRET
 
-ROOT = Path(__file__).resolve().parents[2]
+#: ``bfl-submit batch`` as a process of its own, whatever the venv's scripts are.
+BATCH = (sys.executable, "-c", "from submitter.cli import main; main()", "batch")
 
 
 def jobs(path: Path, count: int) -> Path:
@@ -157,8 +158,7 @@ def test_ctrl_c_stops_a_batch_and_says_what_was_saved(tmp_path: Path, closed_por
         stderr = tmp_path / "stderr.txt"
         with stderr.open("w") as errors:
             proc = subprocess.Popen(
-                [sys.executable, "-c", "from submitter.cli import main; main()", "batch"]
-                + [str(path), "--concurrency", "8"],
+                [*BATCH, str(path), "--concurrency", "8"],
                 cwd=tmp_path,
                 env=env,
                 stdout=subprocess.PIPE,
