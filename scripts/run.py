@@ -5,10 +5,10 @@ http://127.0.0.1:8001 (``SANDBOX_PORT``), and the receiver is told to accept sam
 poll it. A fresh clone has no webhook secret: one is generated into .env (mode 600) and never
 printed. ``.env`` is the one the settings find (this folder or a parent), else ``./.env``.
 
-SIGTERM and SIGINT (Ctrl-C) are passed on to the receiver and the sandbox, which run in process
-groups of their own (so a Ctrl-C reaches them once, through this runner, and they shut down
-gracefully instead of being interrupted twice); the runner waits for both before it exits, so
-nothing is left listening.
+SIGTERM and SIGINT (Ctrl-C) are passed on, as SIGTERM, to the receiver and the sandbox, which
+run in process groups of their own: a Ctrl-C reaches them once, through this runner, and they
+shut down gracefully instead of being interrupted twice. The runner waits for both before it
+exits, so nothing is left listening.
 """
 
 from __future__ import annotations
@@ -48,19 +48,20 @@ class Children:
         return proc
 
     def forward(self, signum: int, frame: FrameType | None = None) -> None:
-        """The signal handler: pass ``signum`` on to every child still running."""
+        """The signal handler: ask every child still running to stop (SIGTERM: uvicorn's
+        graceful shutdown, without the KeyboardInterrupt a SIGINT raises after it)."""
         if self.stopping is None:
             print(f"make run: {signal.Signals(signum).name}: stopping", flush=True)
         self.stopping = signum
         for proc in self.procs:
             if proc.poll() is None:
-                proc.send_signal(signum)
+                proc.send_signal(signal.SIGTERM)
 
     def stop_all(self) -> None:
         """Stop every child still running and wait for it (killing it after STOP_TIMEOUT)."""
         for proc in self.procs:
             if proc.poll() is None:
-                proc.send_signal(self.stopping or signal.SIGTERM)
+                proc.send_signal(signal.SIGTERM)
         for proc in self.procs:
             try:
                 proc.wait(timeout=STOP_TIMEOUT)
@@ -139,7 +140,7 @@ def main() -> None:
         }
     receiver = children.start([sys.executable, "-m", "receiver.cli", "serve"], env)
     if children.stopping is not None:  # the signal came while it was being started
-        receiver.send_signal(children.stopping)
+        receiver.send_signal(signal.SIGTERM)
     try:
         receiver.wait()  # signals are forwarded by the handler meanwhile
     finally:

@@ -94,6 +94,7 @@ def test_a_signal_stops_the_receiver_and_the_sandbox(tmp_path: Path, signum: int
     assert runner.returncode == 0, output
     assert f"{signal.Signals(signum).name}: stopping" in output
     assert "Traceback" not in output
+    assert "Aborted" not in output  # stopped gracefully, not interrupted
     assert not [pid for pid in children if alive(pid)]
     assert not listening(receiver_port)
     assert not listening(sandbox_port)
