@@ -127,6 +127,17 @@ class UpwardEnvSettings(BaseSettings):
         return self._env_file_read
 
 
+def store_note(env_file: Path | None, database_path: Path | None) -> str | None:
+    """A line naming the SQLite store used, when the ``.env`` found is in a parent folder (so
+    relative paths point somewhere other than the current folder); else None."""
+    if env_file is None or database_path is None or env_file.parent == Path.cwd().resolve():
+        return None
+    return (
+        f"store {database_path} (relative paths are resolved against {env_file.parent}, "
+        f"the folder of {env_file})"
+    )
+
+
 def env_file_lookup() -> str:
     """Where a ``.env`` was looked for, for messages: the one found, or the folders searched."""
     found = find_env_file()

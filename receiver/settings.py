@@ -15,6 +15,7 @@ from receiver.envfile import (
     default_public_url,
     resolve_relative,
     sqlite_file,
+    store_note,
 )
 
 #: BFL serves results from hosts like delivery-eu1.bfl.ai and delivery.us1.bfl.ai.
@@ -114,6 +115,12 @@ class Settings(UpwardEnvSettings):
     def database_path(self) -> Path | None:
         """The SQLite file this receiver uses (absolute), or None for PostgreSQL."""
         return sqlite_file(self.database_url)
+
+    @property
+    def store_note(self) -> str | None:
+        """``store /abs/data/receiver.db (relative paths are resolved against ...)`` when the
+        ``.env`` read is in a parent folder: a line for commands that open the store to log."""
+        return store_note(self.env_file, self.database_path)
 
     @property
     def poll_hosts(self) -> tuple[str, ...]:

@@ -3,6 +3,7 @@
 Without ``RECEIVER_WEBHOOK_SECRET`` no webhook is asked for, so no handler runs and no metadata
 reaches one. ``bfl-submit batch`` refuses that unless ``--no-webhook`` (alias ``--poll``) says
 it is meant; ``generate`` and ``edit`` warn loudly and go on (one task is easy to poll).
+With a webhook, a store found through a ``.env`` in a parent folder is named, once.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Any, TypeVar
 import click
 from rich.markup import escape
 
-from receiver.envfile import env_file_lookup
+from receiver.envfile import env_file_lookup, store_note
 from submitter._cli_support import say
 from submitter._client import BFL
 from submitter._settings import Settings, resolve_webhook
@@ -51,6 +52,9 @@ def use_webhooks(settings: Settings, *, no_webhook: bool, required: bool) -> boo
     if no_webhook:
         return False
     if resolve_webhook(settings) is not None:
+        note = store_note(settings.env_file, settings.database_path)
+        if note is not None:  # the store is not where a relative path in this folder points
+            say(f"[yellow]note:[/yellow] {escape(note)}")
         return True
     problem = missing_secret(settings)
     if required:

@@ -62,6 +62,13 @@ def test_a_subfolder_uses_the_project_env_and_its_store(
     assert receiver.storage_url == f"file://{project.resolve() / 'data' / 'samples'}"
     assert bot.data_dir == project.resolve() / "data"
     assert SandboxSettings().port == 9124  # the sandbox finds the same file
+    # What serve can log: the store is not where a relative path in this folder points.
+    assert receiver.store_note == (
+        f"store {expected} (relative paths are resolved against {project.resolve()}, "
+        f"the folder of {project.resolve() / '.env'})"
+    )
+    monkeypatch.chdir(project)
+    assert Settings().store_note is None  # from the .env's own folder: nothing surprising
 
 
 def test_what_a_bot_in_a_subfolder_records_the_receiver_at_the_root_reads(

@@ -83,6 +83,21 @@ def test_batch_without_a_webhook_secret_refuses_and_says_where_it_looked(
     assert f"{tmp_path / '.env'} does not set it" in " ".join(out.stderr.split())
 
 
+def test_a_store_found_through_a_parent_env_is_named(
+    world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    Path(".env").write_text("BFL_REGION=global\n")
+    (tmp_path / "bot").mkdir()
+    monkeypatch.chdir(tmp_path / "bot")
+    out = cli(world.env(tmp_path, RECEIVER_DATABASE_URL=None), "generate", "from below")
+    assert out.exit_code == 0, out.output
+    said = " ".join(out.stderr.split())
+    assert f"note: store {tmp_path / 'data' / 'receiver.db'} (relative paths are resolved" in said
+    assert f"the folder of {tmp_path / '.env'}" in said
+    assert (tmp_path / "data" / "receiver.db").is_file()
+    assert not (tmp_path / "bot" / "data").exists()
+
+
 def test_batch_with_no_webhook_submits_on_purpose(world: World, tmp_path: Path) -> None:
     env = world.env(tmp_path, RECEIVER_WEBHOOK_SECRET=None)
     path = jobs(Path("jobs.jsonl"), 2)
