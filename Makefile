@@ -1,21 +1,32 @@
 # Every target does its own setup: a fresh clone needs nothing but python3 and make.
+# Two stamps: `make run` installs the runtime dependencies only; the targets that develop
+# (test, lint, format, bench) add the dev extra.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed
+RUNTIME_STAMP := $(VENV)/.installed-runtime
+DEV_STAMP     := $(VENV)/.installed-dev
 
-.PHONY: install run test lint format bench clean
+.PHONY: install install-runtime run test lint format bench clean
 
-$(STAMP): pyproject.toml
+$(RUNTIME_STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
-	touch $(STAMP)
+	$(BIN)/python -m pip install --quiet -e .
+	touch $(RUNTIME_STAMP)
 
-install: $(STAMP)
+$(DEV_STAMP): $(RUNTIME_STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(DEV_STAMP)
+
+## install-runtime: .venv with the commands and their runtime dependencies only
+install-runtime: $(RUNTIME_STAMP)
+
+## install: .venv with the dev extra too (pytest, ruff, mypy...)
+install: $(DEV_STAMP)
 
 ## run: the receiver on http://127.0.0.1:8000 (SQLite and images under ./data)
-run: install
+run: install-runtime
 	$(BIN)/python -m scripts.run
 
 ## lint: ruff (lint + format check) and mypy --strict

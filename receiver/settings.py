@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from pathlib import Path
+from typing import Annotated, Any
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import NoDecode, SettingsConfigDict
+
+from receiver.envfile import (
+    UpwardEnvSettings,
+    base_folder,
+    default_public_url,
+    resolve_relative,
+    sqlite_file,
+    store_note,
+)
 
 #: BFL serves results from hosts like delivery-eu1.bfl.ai and delivery.us1.bfl.ai (its API docs),
 #: and from two Azure storage accounts (its webhook guide, its older client's README). Those two
@@ -33,8 +43,14 @@ def split_commas(value: object) -> object:
     return value
 
 
-class Settings(BaseSettings):
-    """Everything the receiver can be told; tests build one directly."""
+class Settings(UpwardEnvSettings):
+    """Everything the receiver can be told; tests build one directly.
+
+    ``.env`` is the first found in the current folder or a parent; relative ``sqlite:///`` and
+    ``file://`` paths are made absolute against that file's folder (else the current folder),
+    so every command, run from anywhere in the project, uses the same store
+    (``receiver.envfile``).
+    """
 
     model_config = SettingsConfigDict(
         env_prefix="RECEIVER_",
@@ -47,11 +63,12 @@ class Settings(BaseSettings):
     webhook_secret: Annotated[tuple[SecretStr, ...], NoDecode] = ()
     """Accepted webhook secrets, comma-separated so an old and a new one overlap during rotation."""
 
-    database_url: str = "sqlite:///./data/receiver.db"
-    """``sqlite:///path`` (embedded default) or ``postgresql://...``."""
+    database_url: str = Field(default="sqlite:///./data/receiver.db", validate_default=True)
+    """``sqlite:///path`` (embedded default) or ``postgresql://...``; a relative path is resolved
+    against the folder of the ``.env`` found (else the current folder): the value is absolute."""
 
-    storage_url: str = "file://./data/samples"
-    """Where images go: ``file://dir`` or ``s3://bucket/prefix``."""
+    storage_url: str = Field(default="file://./data/samples", validate_default=True)
+    """Where images go: ``file://dir`` or ``s3://bucket/prefix``; relative as ``database_url``."""
 
     handlers: CommaList = ()
     """Extra handlers as ``module:callable``; entry points in ``bfl_hooks.handlers`` load too."""
@@ -63,7 +80,8 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
     public_url: str = "http://127.0.0.1:8000"
-    """The URL BFL reaches this receiver at; the submitter appends ``/webhooks/bfl``."""
+    """The URL BFL reaches this receiver at; the submitter appends ``/webhooks/bfl``.
+    Unset: ``http://127.0.0.1:<port>``, so ``RECEIVER_PORT`` moves it too."""
 
     max_body_bytes: int = Field(default=256 * 1024, gt=0)
     """Webhook bodies above this are refused with 413 before they are read in full."""
@@ -126,6 +144,17 @@ class Settings(BaseSettings):
     log_level: str = "info"
 
     @property
+    def database_path(self) -> Path | None:
+        """The SQLite file this receiver uses (absolute), or None for PostgreSQL."""
+        return sqlite_file(self.database_url)
+
+    @property
+    def store_note(self) -> str | None:
+        """``store /abs/data/receiver.db (relative paths are resolved against ...)`` when the
+        ``.env`` read is in a parent folder: a line for commands that open the store to log."""
+        return store_note(self.env_file, self.database_path)
+
+    @property
     def poll_hosts(self) -> tuple[str, ...]:
         """Hosts whose polling URLs the reconciler may call with the API key."""
         if self.bfl_api_url is None:
@@ -136,6 +165,16 @@ class Settings(BaseSettings):
     @classmethod
     def _split(cls, value: object) -> object:
         return split_commas(value)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _public_url_follows_port(cls, data: Any) -> Any:
+        return default_public_url(data, ("public_url",), ("port",))
+
+    @field_validator("database_url", "storage_url")
+    @classmethod
+    def _absolute(cls, value: str) -> str:
+        return resolve_relative(value, base_folder())
 
     @field_validator("webhook_secret", mode="before")
     @classmethod

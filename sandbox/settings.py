@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import NoDecode, SettingsConfigDict
 
+from receiver.envfile import UpwardEnvSettings
 from receiver.settings import split_commas
 from sandbox.faults import parse_faults
 
@@ -17,8 +18,9 @@ CommaList = Annotated[tuple[str, ...], NoDecode]
 FloatList = Annotated[tuple[float, ...], NoDecode]
 
 
-class SandboxSettings(BaseSettings):
-    """Everything the sandbox can be told; tests build one directly."""
+class SandboxSettings(UpwardEnvSettings):
+    """Everything the sandbox can be told; tests build one directly (``.env``: found upward,
+    as the receiver's, see ``receiver.envfile``)."""
 
     model_config = SettingsConfigDict(
         env_prefix="SANDBOX_", env_file=".env", extra="ignore", frozen=True

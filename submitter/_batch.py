@@ -1,4 +1,4 @@
-"""``bfl-submit batch FILE.jsonl``: many submissions, resumable.
+"""``bfl-submit batch FILE.jsonl``: many submissions, resumable (the command: ``_cli_batch``).
 
 Each line is a JSON object: the request's fields, plus ``model`` (else ``--model``),
 ``metadata`` (an object) and ``image`` (a file path, relative to FILE, to edit)::
@@ -27,8 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import click
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-from rich.table import Table
+from rich.progress import Progress
 
 from submitter._cli_support import (
     EXIT_CREDITS,
@@ -37,13 +36,7 @@ from submitter._cli_support import (
     EXIT_OTHER,
     EXIT_RATE_LIMITED,
     EXIT_VALIDATION,
-    client,
-    emit,
-    err,
     exit_code,
-    json_option,
-    load_settings,
-    run,
 )
 from submitter._client import BFL
 from submitter._endpoints import IMAGE_FIELDS
@@ -76,6 +69,11 @@ class Outcomes:
     failed: list[dict[str, Any]] = field(default_factory=list)
     uncertain: list[dict[str, Any]] = field(default_factory=list)
     not_attempted: list[int] = field(default_factory=list)
+    interrupted: list[int] = field(default_factory=list)
+    """Lines in flight at Ctrl-C: saved as ``sending``; a rerun settles them (the store knows
+    whether BFL took them) or reports them as uncertain."""
+    cancelled: bool = False
+    """Stopped by Ctrl-C (or a cancellation) before every line was tried."""
 
     def exit_code(self) -> int:
         codes = {f["exit_code"] for f in self.failed}
@@ -84,7 +82,7 @@ class Outcomes:
         for code in PRECEDENCE:
             if code in codes:
                 return code
-        return EXIT_OTHER if codes or self.not_attempted else EXIT_OK
+        return EXIT_OTHER if codes or self.not_attempted or self.interrupted else EXIT_OK
 
 
 def read_lines(path: Path) -> list[Line]:
@@ -200,12 +198,17 @@ async def run_batch(
     model: str,
     retry_uncertain: bool,
     progress: Progress | None,
+    outcomes: Outcomes | None = None,
 ) -> Outcomes:
-    """Submit every line of ``path`` not already submitted; what happened to each."""
+    """Submit every line of ``path`` not already submitted; what happened to each.
+
+    ``outcomes`` is filled in as lines finish, so a caller interrupted (Ctrl-C cancels this)
+    still knows what was done; the lines in flight then are listed in ``interrupted``.
+    """
     lines = read_lines(path)
     state = StateFile(path.with_name(path.name + ".state"))
     previous = state.load()
-    outcomes = Outcomes()
+    outcomes = outcomes if outcomes is not None else Outcomes()
     todo: list[Line] = []
     for line in lines:
         record = previous.get(line.key)
@@ -225,6 +228,12 @@ async def run_batch(
     task_id = progress.add_task("submitting", total=len(todo)) if progress else None
     limit = asyncio.Semaphore(concurrency)
     stop: list[str] = []
+    sending: set[int] = set()
+    """Lines whose ``sending`` record is written and whose outcome is not (yet)."""
+
+    def finished() -> None:  # the bar counts lines with an outcome, nothing else
+        if progress is not None and task_id is not None:
+            progress.advance(task_id)
 
     async def one(line: Line) -> None:
         async with limit:
@@ -238,6 +247,7 @@ async def run_batch(
                     raise ValidationError.one(("line", line.number), line.problem)
                 endpoint, body, metadata = await _body(line, path.parent, model)
                 state.append({**base, "state": "sending"})
+                sending.add(line.number)
                 task = await bfl.submit(endpoint, body, metadata=metadata, ref=ref)
             except BFLError as exc:
                 failure = {"line": line.number, "error": str(exc), "exit_code": exit_code(exc)}
@@ -252,89 +262,38 @@ async def run_batch(
             else:
                 state.append({**base, "state": "submitted", "task": task.as_dict()})
                 outcomes.submitted.append({"line": line.number, "task_id": task.id})
-            finally:
-                if progress is not None and task_id is not None:
-                    progress.advance(task_id)
+            sending.discard(line.number)
+            finished()
 
-    await asyncio.gather(*(one(line) for line in todo))
+    watcher = asyncio.create_task(_describe_waits(bfl, progress, task_id))
+    try:
+        await asyncio.gather(*(one(line) for line in todo))
+    except asyncio.CancelledError:
+        outcomes.cancelled = True
+        done = {item["line"] for item in (*outcomes.submitted, *outcomes.failed)}
+        done |= {item["line"] for item in outcomes.uncertain} | set(outcomes.not_attempted)
+        outcomes.interrupted = sorted(sending)
+        outcomes.not_attempted = sorted(
+            line.number for line in todo if line.number not in done | sending
+        )
+        raise
+    finally:
+        watcher.cancel()
     for group in (outcomes.submitted, outcomes.failed, outcomes.uncertain):
         group.sort(key=lambda item: int(item["line"]))
     outcomes.not_attempted.sort()
     return outcomes
 
 
-def _table(outcomes: Outcomes) -> Table:
-    table = Table(title="batch")
-    table.add_column("outcome")
-    table.add_column("lines", justify="right")
-    table.add_column("detail")
-    rows: list[tuple[str, int, str]] = [
-        ("submitted", len(outcomes.submitted), ""),
-        ("already submitted", len(outcomes.skipped), "skipped"),
-        ("failed", len(outcomes.failed), _first(outcomes.failed)),
-        ("uncertain", len(outcomes.uncertain), _first(outcomes.uncertain)),
-        ("not attempted", len(outcomes.not_attempted), "rerun once the cause is fixed"),
-    ]
-    for name, count, detail in rows:
-        if count or name == "submitted":
-            table.add_row(name, str(count), detail)
-    return table
-
-
-def _first(items: list[dict[str, Any]]) -> str:
-    if not items:
-        return ""
-    more = f" (+{len(items) - 1} more)" if len(items) > 1 else ""
-    return f"line {items[0]['line']}: {items[0]['error']}"[:160] + more
-
-
-@click.command()
-@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option(
-    "--concurrency",
-    type=click.IntRange(1, 64),
-    default=4,
-    show_default=True,
-    help="Submissions in flight at once (BFL's active-task limits are kept regardless).",
-)
-@click.option("--model", default="flux-dev", show_default=True, help="For lines naming none.")
-@click.option(
-    "--retry-uncertain",
-    is_flag=True,
-    help="Also resubmit lines BFL may already have (after a 5xx or a crash): may charge twice.",
-)
-@json_option
-def batch(file: Path, concurrency: int, model: str, retry_uncertain: bool, as_json: bool) -> None:
-    """Submit every line of FILE (JSONL); rerun it to resume where it stopped."""
-    settings = load_settings()
-
-    async def work() -> Outcomes:
-        async with client(settings) as bfl:
-            columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
-            with Progress(*columns, console=err, transient=as_json) as progress:
-                return await run_batch(
-                    bfl,
-                    file,
-                    concurrency=concurrency,
-                    model=model,
-                    retry_uncertain=retry_uncertain,
-                    progress=progress,
-                )
-
-    outcomes = run(work, as_json)
-    code = outcomes.exit_code()
-    if as_json:
-        emit(
-            {
-                "file": str(file),
-                "submitted": outcomes.submitted,
-                "skipped": outcomes.skipped,
-                "failed": outcomes.failed,
-                "uncertain": outcomes.uncertain,
-                "not_attempted": outcomes.not_attempted,
-                "exit_code": code,
-            }
-        )
-    else:
-        err.print(_table(outcomes))
-    raise SystemExit(code)
+async def _describe_waits(bfl: BFL, progress: Progress | None, task_id: Any) -> None:
+    """Keep the bar's label true: say so while a submit waits for one of BFL's slots."""
+    if progress is None or task_id is None:
+        return
+    shown = "submitting"
+    while True:
+        waiting = bfl.waiting_for_slot
+        label = f"waiting for a slot ({waiting})" if waiting else "submitting"
+        if label != shown:
+            progress.update(task_id, description=label)
+            shown = label
+        await asyncio.sleep(0.2)

@@ -25,6 +25,7 @@ from submitter._errors import (
     ValidationError,
     WaitTimeout,
 )
+from submitter._receiver_check import ConfigurationError
 from submitter._settings import Settings
 
 T = TypeVar("T")
@@ -59,6 +60,8 @@ err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 def exit_code(exc: BaseException) -> int:
     """The documented exit code for an error."""
+    if isinstance(exc, ConfigurationError):
+        return EXIT_USAGE
     if isinstance(exc, ValidationError):
         return EXIT_VALIDATION
     if isinstance(exc, OutOfCredits):

@@ -35,6 +35,7 @@ from submitter._finetunes import Finetunes
 from submitter._http import API_TIMEOUT, RetryPolicy, Sender, certainly_refused
 from submitter._images import ImageInput, encode_image
 from submitter._limits import Gate
+from submitter._receiver_check import preflight
 from submitter._registry import open_existing_store
 from submitter._settings import (
     Region,
@@ -85,7 +86,8 @@ class BFL:
         self.webhook = resolve_webhook(self.settings) if webhooks else None
         self.per_task_secret = per_task_secret
         self.notes: dict[str, str] = {}
-        """What was assumed for lack of configuration, by topic (``api``, ``webhook``)."""
+        """What was assumed for lack of configuration, by topic (``api``, ``webhook``), and
+        ``receiver`` once entered if the receiver did not answer its health check."""
         if self.connection.sandbox:
             self.notes["api"] = (
                 f"no BFL_API_KEY or BFL_API_URL: using the local sandbox at "
@@ -121,6 +123,9 @@ class BFL:
             follow_redirects=False,  # a redirect must not carry the key to another host
         )
         try:
+            warning = await preflight(self.connection, self.webhook)
+            if warning is not None:
+                self.notes["receiver"] = warning
             if self._store is None and self.webhook is not None:
                 self._store = await open_existing_store(self.settings.database_url)
                 self._own_store = self._store is not None
@@ -170,6 +175,11 @@ class BFL:
         if self._finetunes is None:
             raise RuntimeError("use the client inside 'async with BFL(...) as bfl:'")
         return self._finetunes
+
+    @property
+    def waiting_for_slot(self) -> str | None:
+        """Why a submit is waiting for one of BFL's active-task slots now, else None."""
+        return self._gate.waiting if self._gate is not None else None
 
     @property
     def store(self) -> Store | None:

@@ -59,6 +59,8 @@ class Gate:
         self.refresh_every = refresh_every
         self.max_wait = max_wait
         self._lock = asyncio.Lock()
+        self.waiting: str | None = None
+        """Why a submit is waiting for a slot right now (``"24 tasks active"``), else None."""
         self._slots: dict[int, _Slot] = {}
         self._tokens = itertools.count(1)
 
@@ -70,6 +72,7 @@ class Gate:
         async with self._lock:
             while True:
                 full = await self._full(endpoint)
+                self.waiting = full
                 if full is None:
                     break
                 waited = time.monotonic() - started

@@ -1,6 +1,8 @@
 """Submitter settings: one object, read from the environment or ``.env`` at the edge.
 
-The names are the ones the receiver and ``make run`` use, so one ``.env`` serves both.
+The names are the ones the receiver and ``make run`` use, so one ``.env`` serves both. It is
+found, and relative paths are resolved, by the receiver's rule (``receiver.envfile``): the
+first ``.env`` in the current folder or a parent; paths relative to its folder.
 """
 
 from __future__ import annotations
@@ -10,14 +12,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import NoDecode, SettingsConfigDict
 
 from receiver.correlation import (
     CorrelationError,
     MetadataError,
     MetadataTooLarge,
     webhook_link,
+)
+from receiver.envfile import (
+    UpwardEnvSettings,
+    base_folder,
+    default_public_url,
+    resolve_relative,
+    sqlite_file,
 )
 from receiver.settings import split_commas
 from submitter._errors import ValidationError
@@ -39,7 +48,7 @@ SANDBOX_URL = "http://127.0.0.1:8001"
 SANDBOX_KEY = "sandbox"  # the sandbox takes any key; this one is not a secret
 
 
-class Settings(BaseSettings):
+class Settings(UpwardEnvSettings):
     """Everything the submitter reads from the environment; tests build one directly."""
 
     model_config = SettingsConfigDict(
@@ -56,7 +65,11 @@ class Settings(BaseSettings):
     """``global`` (api.bfl.ai), ``eu`` or ``us``."""
 
     public_url: str = Field(default="http://127.0.0.1:8000", validation_alias="RECEIVER_PUBLIC_URL")
-    """Where BFL reaches the receiver; webhooks go to ``<this>/webhooks/bfl``."""
+    """Where BFL reaches the receiver; webhooks go to ``<this>/webhooks/bfl``. Unset:
+    ``http://127.0.0.1:<RECEIVER_PORT>``, as the receiver assumes."""
+
+    receiver_port: int = Field(default=8000, ge=0, le=65535, validation_alias="RECEIVER_PORT")
+    """The receiver's port, read only to default ``public_url``."""
 
     webhook_secret: Annotated[tuple[SecretStr, ...], NoDecode] = Field(
         default=(), validation_alias="RECEIVER_WEBHOOK_SECRET"
@@ -64,12 +77,18 @@ class Settings(BaseSettings):
     """The receiver's secrets; the first is the master. Unset: no webhooks, polling only."""
 
     database_url: str = Field(
-        default="sqlite:///./data/receiver.db", validation_alias="RECEIVER_DATABASE_URL"
+        default="sqlite:///./data/receiver.db",
+        validation_alias="RECEIVER_DATABASE_URL",
+        validate_default=True,
     )
-    """The receiver's store, where submissions are recorded for the handlers."""
+    """The receiver's store, where submissions are recorded for the handlers. A relative SQLite
+    path is resolved against the folder of the ``.env`` found (else the current folder)."""
 
-    data_dir: Path = Field(default=Path("data"), validation_alias="BFL_SUBMIT_DATA_DIR")
-    """Where the submitter keeps its own small files (which region each finetune lives in)."""
+    data_dir: Path = Field(
+        default=Path("data"), validation_alias="BFL_SUBMIT_DATA_DIR", validate_default=True
+    )
+    """Where the submitter keeps its own small files (which region each finetune lives in);
+    relative, as ``database_url``."""
 
     retry_attempts: int = Field(default=6, ge=1, le=100, validation_alias="BFL_RETRY_ATTEMPTS")
     """Tries per request, where a retry is safe (see ``submitter._http``)."""
@@ -88,12 +107,29 @@ class Settings(BaseSettings):
     def _split_secrets(cls, value: object) -> object:
         return split_commas(value)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _public_url_follows_port(cls, data: Any) -> Any:
+        return default_public_url(
+            data, ("RECEIVER_PUBLIC_URL", "public_url"), ("RECEIVER_PORT", "receiver_port")
+        )
+
     @field_validator("database_url")
     @classmethod
     def _store_url(cls, value: str) -> str:
         if not value.startswith(("sqlite:///", "postgresql://", "postgres://")):
             raise ValueError("must be sqlite:///PATH or postgresql://...")
-        return value
+        return resolve_relative(value, base_folder())
+
+    @field_validator("data_dir")
+    @classmethod
+    def _absolute_dir(cls, value: Path) -> Path:
+        return Path(resolve_relative(str(value), base_folder()))
+
+    @property
+    def database_path(self) -> Path | None:
+        """The receiver's SQLite file (absolute), or None for PostgreSQL."""
+        return sqlite_file(self.database_url)
 
     @field_validator("api_url", "public_url")
     @classmethod

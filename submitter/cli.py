@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -10,7 +11,7 @@ import click
 from rich.markup import escape
 
 from receiver.store import Submission, opened_store
-from submitter._batch import batch
+from submitter._cli_batch import batch
 from submitter._cli_finetune import finetune
 from submitter._cli_support import (
     EXIT_CODES_HELP,
@@ -24,6 +25,7 @@ from submitter._cli_support import (
     run,
     say,
 )
+from submitter._cli_webhook import no_webhook_option, say_receiver_warning, use_webhooks
 from submitter._client import BFL
 from submitter._errors import TaskFailed
 from submitter._settings import LEGACY_REGIONS, Settings
@@ -39,8 +41,11 @@ def main() -> None:
 
     Settings come from the environment or .env: BFL_API_KEY, BFL_API_URL or BFL_REGION,
     RECEIVER_PUBLIC_URL, RECEIVER_WEBHOOK_SECRET, RECEIVER_DATABASE_URL. Without a key the
-    local sandbox (http://127.0.0.1:8001) is used; without a webhook secret, tasks are polled.
+    local sandbox (http://127.0.0.1:8001) is used. Without a webhook secret, batch refuses
+    and generate/edit warn, unless --no-webhook says to submit without one (and poll).
     """
+    # What the client logs as a warning, the commands say themselves (once, as a note).
+    logging.getLogger("submitter").addHandler(logging.NullHandler())
 
 
 def _waiting(fn: F) -> F:
@@ -97,7 +102,7 @@ def _submit_options(fn: F) -> F:
     ]
     for option in reversed(options):
         fn = option(fn)
-    return _waiting(json_option(fn))
+    return _waiting(json_option(no_webhook_option(fn)))
 
 
 #: Given as arguments or options of their own, never through --param.
@@ -147,9 +152,11 @@ def generate(
     out: Path | None,
     timeout: float,
     as_json: bool,
+    no_webhook: bool,
 ) -> None:
     """Generate an image from PROMPT."""
     settings = load_settings()
+    webhooks = use_webhooks(settings, no_webhook=no_webhook, required=False)
     body = _body(
         params,
         width=width,
@@ -170,7 +177,8 @@ def generate(
         body[field] = Path(path)
 
     async def work() -> None:
-        async with client(settings) as bfl:
+        async with client(settings, submitting=webhooks) as bfl:
+            say_receiver_warning(bfl)
             _warn_metadata(bfl, metadata)
             task = await bfl.generate(model, metadata=metadata, prompt=prompt, **body)
             await _follow(bfl, task, wait=wait, out=out, wait_timeout=timeout, as_json=as_json)
@@ -207,9 +215,11 @@ def edit(
     out: Path | None,
     timeout: float,
     as_json: bool,
+    no_webhook: bool,
 ) -> None:
     """Edit IMAGE (JPEG, PNG or WebP; 20 MB / 20 MP at most) as PROMPT says."""
     settings = load_settings()
+    webhooks = use_webhooks(settings, no_webhook=no_webhook, required=False)
     body = _body(
         params,
         seed=seed,
@@ -220,7 +230,8 @@ def edit(
     )
 
     async def work() -> None:
-        async with client(settings) as bfl:
+        async with client(settings, submitting=webhooks) as bfl:
+            say_receiver_warning(bfl)
             _warn_metadata(bfl, metadata)
             task = await bfl.edit(
                 image, prompt, model=model, references=references, metadata=metadata, **body

@@ -9,11 +9,21 @@ from pathlib import Path
 
 import pytest
 
+from receiver.envfile import find_env_file
 from receiver.store import Store, opened_store
 from tests.pg import PostgresCluster, find_bindir
 from tests.s3 import MotoServer
 
 _databases = itertools.count(1)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_env_file_above_the_tests(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Tests run in folders under the base temp dir; settings look for .env upward from there,
+    so one above it would be read by every test. Refuse to run rather than read it."""
+    found = find_env_file(tmp_path_factory.getbasetemp())
+    if found is not None:
+        pytest.exit(f"{found} would be read by every test: move it, or pass --basetemp", 2)
 
 
 @pytest.fixture(scope="session")

@@ -96,7 +96,8 @@ def test_the_real_command_exits_with_one_line_on_stderr(in_empty_folder: Path) -
     assert done.stdout == ""
     assert done.stderr.strip() == (
         f"Error: no store at {in_empty_folder / 'nope' / 'receiver.db'} "
-        "(RECEIVER_DATABASE_URL=sqlite:///./nope/receiver.db): run this where the receiver "
+        f"(RECEIVER_DATABASE_URL=sqlite:///{in_empty_folder / 'nope' / 'receiver.db'}): "
+        "run this where the receiver "
         "runs, or set RECEIVER_DATABASE_URL to its store (bfl-receiver serve creates one)"
     )
 

@@ -23,7 +23,8 @@ HANDLER = "tests.crash_handler:record"
 
 def start_receiver(fd: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [sys.executable, "-m", "receiver.cli", "serve", "--fd", str(fd)],
+        # serve --fd, with only RECEIVER_HANDLERS: no handler a user installed in the venv.
+        [sys.executable, "-m", "tests.receiver_process", str(fd)],
         env=env,
         pass_fds=(fd,),
         stdout=subprocess.DEVNULL,

@@ -17,6 +17,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 import submitter
+from receiver.store import opened_store
 from receiver.verify import derive_bound_secret, derive_secret
 from submitter._http import parse_retry_after
 from tests.servers import loopback_socket, serve
@@ -103,13 +104,20 @@ async def test_oversized_image_file_is_refused_before_reading(tmp_path: Path) ->
 
 
 async def test_server_side_422_forgets_the_submission(world: World, tmp_path: Path) -> None:
-    async with submitter.BFL(settings=world.settings(tmp_path)) as bfl:
+    # A store of its own: the shared receiver's also counts other tests' tasks, which end
+    # (and stop counting) while this test runs.
+    own = world.settings(tmp_path, database_url=f"sqlite:///{tmp_path / 'own.db'}")
+    async with opened_store(own.database_url):
+        pass  # the receiver's store exists: the submitter registers only into one that does
+    async with submitter.BFL(settings=own) as bfl:
         store = bfl.store
         assert store is not None
-        before = await store.active_submissions(within=3600)
         with pytest.raises(submitter.ValidationError) as refused:
-            await bfl.generate("flux-dev", "x [sandbox:no-such-fault]", metadata={"a": 1})
-        assert await store.active_submissions(within=3600) == before
+            await bfl.submit(
+                "flux-dev", {"prompt": "x [sandbox:no-such-fault]"}, metadata={"a": 1}, ref="r-422"
+            )
+        assert await store.get_submission(ref="r-422") is None
+        assert await store.active_submissions(within=3600) == 0
     assert refused.value.status_code == 422
     assert refused.value.errors[0]["loc"] == ["header", "x-sandbox-fault"]
 

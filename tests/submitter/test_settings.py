@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -74,4 +75,5 @@ def test_settings_come_from_the_documented_variables(monkeypatch: pytest.MonkeyP
     assert loaded.region == "us"
     assert [s.get_secret_value() for s in loaded.webhook_secret] == ["a", "b"]
     assert loaded.public_url == "https://hooks.example"
-    assert loaded.database_url == "sqlite:///x.db"
+    # Relative: resolved against the current folder (no .env was read).
+    assert loaded.database_url == f"sqlite:///{Path.cwd().resolve() / 'x.db'}"
