@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import logging
 import time
 from collections.abc import AsyncIterator, Mapping
@@ -53,6 +54,8 @@ class Runtime:
     health: Health
     refused: RefusedWebhooks = field(default_factory=RefusedWebhooks)
     """Webhooks refused for their secret, for the reconciler's hint (``refusals.py``)."""
+    unverified_reads: int = 0
+    """Bodies being read right now before they are authenticated (``X-BFL-Signature``)."""
 
 
 class BodyTooLarge(Exception):
@@ -198,6 +201,15 @@ async def webhook(request: Request) -> Response:
         authenticated = verify_headers(request.headers, link.secrets)
     except VerificationError as exc:
         return _unauthorized(rt, exc, None, ref)
+    if not authenticated and rt.unverified_reads >= settings.max_unverified_reads:
+        # Anyone can send a junk signature: bound what reading such bodies can cost.
+        rt.metrics.webhooks.labels("busy").inc()
+        return JSONResponse(
+            {"error": "too many unauthenticated bodies being read; deliver again later"},
+            status_code=503,
+            headers={"retry-after": "1", **_CLOSE},
+        )
+    rt.unverified_reads += not authenticated
     try:
         async with asyncio.timeout(settings.body_timeout_seconds):
             body = await _read_body(request, settings.max_body_bytes)
@@ -210,6 +222,8 @@ async def webhook(request: Request) -> Response:
     except ClientDisconnect:
         # Gone (or cut by the server's read deadline): nobody is left to answer.
         return Response(status_code=400, headers=_CLOSE)
+    finally:
+        rt.unverified_reads -= not authenticated
     if not authenticated:
         try:
             verify(body, request.headers, link.secrets)  # the X-BFL-Signature over the body
@@ -323,6 +337,13 @@ async def readyz(request: Request) -> Response:
 
 async def metrics_endpoint(request: Request) -> Response:
     rt = _runtime(request)
+    token = rt.settings.metrics_token
+    if token is not None:
+        presented = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+        if not hmac.compare_digest(presented.encode(), token.get_secret_value().encode()):
+            return JSONResponse(
+                {"error": "unauthorized"}, status_code=401, headers={"www-authenticate": "Bearer"}
+            )
     counts = await rt.store.counts()
     rt.metrics.queue_depth.set(counts.queued + counts.running)
     rt.metrics.dead_jobs.set(counts.dead)

@@ -75,6 +75,8 @@ def serve(host: str | None, port: int | None, fd: int | None, no_worker: bool | 
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    if (note := settings.store_note) is not None:
+        logging.getLogger("receiver").info("%s", note)  # the store is not where the cwd says
     try:
         app = create_app(settings)
     except Exception as exc:  # a bad handler spec or URL: say so, no traceback

@@ -18,6 +18,7 @@ from rich.text import Text
 
 from receiver.render import dumps, hide_queries, plain
 from receiver.store import EventRecord, Job, JobRun, JobState, Via
+from receiver.store.base import REFUSED
 
 #: Worst first: the order job states are summed up in.
 _STATE_ORDER = (JobState.DEAD, JobState.RUNNING, JobState.QUEUED, JobState.DONE)
@@ -43,9 +44,18 @@ def arrival(event: EventRecord) -> str:
 
 
 def job_states(jobs: Iterable[Job]) -> dict[str, int]:
-    """How many of a task's jobs are in each state, worst first: ``{"dead": 1, "done": 2}``."""
+    """How many of a task's jobs are in each state, worst first: ``{"dead": 1, "done": 2}``;
+    a download refused for its host (not in RECEIVER_SAMPLE_HOSTS) counts as ``refused``."""
+    jobs = list(jobs)
     counts = Counter(job.state for job in jobs)
-    return {state.value: counts[state] for state in _STATE_ORDER if counts[state]}
+    refused = sum(1 for job in jobs if _refused(job))
+    counts[JobState.DEAD] -= refused
+    states = {state.value: counts[state] for state in _STATE_ORDER if counts[state]}
+    return {"refused": refused, **states} if refused else states
+
+
+def _refused(job: Job) -> bool:
+    return job.state is JobState.DEAD and (job.last_error or "").startswith(REFUSED)
 
 
 def states_text(states: dict[str, int]) -> Text:
@@ -54,7 +64,7 @@ def states_text(states: dict[str, int]) -> Text:
     text = Text()
     for i, (state, n) in enumerate(states.items()):
         text.append(", " if i else "")
-        text.append(f"{state} {n}", style="bold red" if state == "dead" else "")
+        text.append(f"{state} {n}", style="bold red" if state in ("dead", "refused") else "")
     return text
 
 
@@ -128,6 +138,11 @@ def print_event(
         )
     if event.metadata:
         out.print(Text("metadata: ").append_text(plain(dumps(event.metadata))))
+    for j in jobs:
+        if _refused(j):
+            # Said on a line of its own, not folded into the table: the one fix is a setting.
+            reason = (j.last_error or "").removeprefix(REFUSED)
+            out.print(Text("download refused: ", style="bold red").append_text(_error(reason)))
     table = Table("job", "kind", "handler", "state", "attempts", "last error")
     for j in jobs:
         table.add_row(

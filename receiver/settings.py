@@ -96,6 +96,15 @@ class Settings(UpwardEnvSettings):
     keep_alive_timeout_seconds: int = Field(default=5, ge=1)
     """An idle keep-alive connection is closed after this (uvicorn's ``timeout_keep_alive``)."""
 
+    max_unverified_reads: int = Field(default=64, ge=1)
+    """Webhook bodies read at once before they are authenticated (only an ``X-BFL-Signature``
+    needs the body to check): above it, 503 with ``Retry-After``. Bounds the memory junk
+    signatures can take to this many times ``max_body_bytes``."""
+
+    metrics_token: SecretStr | None = None
+    """When set, ``GET /metrics`` needs ``Authorization: Bearer <token>``: for receivers whose
+    webhook port is public (the metrics name handler modules and show traffic)."""
+
     max_connections: int = Field(default=2048, ge=1)
     """Open connections at most. At the bound the oldest one still waiting on its client is
     closed for a newcomer; when all are busy, newcomers get 503 with ``Retry-After``."""

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 
 import httpx
 
-from receiver.download import DownloadError, fetch_sample
+from receiver.download import DownloadError, HostRefused, fetch_sample
 from receiver.events import Event, StoredImage, TaskKind
 from receiver.handlers import HandlerSet
 from receiver.health import Health, describe
@@ -39,7 +39,7 @@ from receiver.metrics import Metrics
 from receiver.render import hide_queries, literal
 from receiver.settings import Settings
 from receiver.storage import Storage
-from receiver.store.base import EventRecord, ImageRecord, Job, JobKind, Store
+from receiver.store.base import REFUSED, EventRecord, ImageRecord, Job, JobKind, Store
 
 log = logging.getLogger("receiver.worker")
 
@@ -48,6 +48,8 @@ MAX_DOWNLOAD_BACKOFF = 30.0
 MAX_DOWNLOAD_ATTEMPTS = 20
 #: Between tries of a job's own transition while the store is failing.
 MAX_SETTLE_BACKOFF = 5.0
+#: /readyz's warning while the last sample from an unknown host was refused.
+SAMPLE_HOSTS_WARNING = "sample hosts"
 
 __all__ = ["Worker", "backoff"]
 
@@ -245,6 +247,9 @@ class Worker:
                 staging_dir=self.storage.staging_dir(),
                 deadline=deadline,
             )
+        except HostRefused as exc:
+            await self._host_refused(job, exc)
+            return
         except DownloadError as exc:
             await self._download_failed(job, exc, deadline)
             return
@@ -262,11 +267,31 @@ class Worker:
 
         await self._settle(job, "the stored image", complete)
         if stored:
+            self.health.clear_warning(SAMPLE_HOSTS_WARNING)
             self.metrics.downloads.labels("ok").inc()
             self.metrics.download_bytes.inc(got.size)
             self.metrics.download_seconds.observe(time.monotonic() - started)
             self.metrics.url_seconds_left.observe(max(0.0, deadline - time.time()))
             log.info("task %s: stored %s (%d bytes)", job.task_id, blob.location, blob.size)
+
+    async def _host_refused(self, job: Job, exc: HostRefused) -> None:
+        """Never fetched, and impossible to miss: BFL may serve some accounts from a host the
+        allowlist does not know, and then every image would be lost without a word."""
+        log.warning(
+            "task %s: sample refused, its host %r is not allowed: %s. If that host is BFL's, "
+            "add it to RECEIVER_SAMPLE_HOSTS and replay the task (bfl-receiver replay %s)",
+            job.task_id,
+            exc.host,
+            exc.reason,
+            job.task_id,
+        )
+        self.metrics.downloads.labels("host_refused").inc()
+        self.health.warn(
+            SAMPLE_HOSTS_WARNING,
+            f"a sample from {exc.host!r} was refused (task {job.task_id}): {exc.reason}",
+        )
+        reason = REFUSED + exc.reason
+        await self._settle(job, "dead", lambda: self.store.bury(job, reason))
 
     async def _download_failed(self, job: Job, exc: DownloadError, deadline: float) -> None:
         delay = backoff(1.0, job.attempts, MAX_DOWNLOAD_BACKOFF)

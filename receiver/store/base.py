@@ -102,6 +102,11 @@ def cap_traceback(text: str | None) -> str | None:
     return "[... cut ...]\n" + text[-MAX_TRACEBACK_CHARS:]
 
 
+#: How a download job's error starts when its sample's host was refused (not in
+#: RECEIVER_SAMPLE_HOSTS): `events` marks such a task refused, not failed.
+REFUSED = "refused: "
+
+
 class ForeignReference(Exception):
     """The webhook's reference belongs to another task (its submission is bound to it, or
     another task claimed it first): a per-task secret authenticates one task only, even if it
