@@ -97,6 +97,10 @@ def run_burst(engine: str, sample_base: str, count: int, workers: int, timeout: 
             "RECEIVER_STORAGE_URL": f"file://{tmp}/samples",
             "RECEIVER_SAMPLE_HOSTS": sample_base.removeprefix("http://"),
             "RECEIVER_HANDLERS": "bench.handler:check",
+            # Both pools at this size; RECEIVER_WORKERS for receivers before the split pools,
+            # so the same script measures an older checkout too.
+            "RECEIVER_DOWNLOAD_WORKERS": str(workers),
+            "RECEIVER_HANDLER_WORKERS": str(workers),
             "RECEIVER_WORKERS": str(workers),
             "RECEIVER_LOG_LEVEL": "warning",
         }
@@ -134,7 +138,9 @@ def run_burst(engine: str, sample_base: str, count: int, workers: int, timeout: 
 @click.command()
 @click.option("--count", default=1000, show_default=True)
 @click.option("--latency", default=0.2, show_default=True, help="Delivery latency, seconds.")
-@click.option("--workers", default=32, show_default=True, help="RECEIVER_WORKERS.")
+@click.option(
+    "--workers", default=32, show_default=True, help="Each pool's size (downloads, handlers)."
+)
 @click.option("--timeout", default=300, show_default=True, help="Give up after this long.")
 @database_option
 def main(

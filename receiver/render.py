@@ -17,6 +17,8 @@ from typing import Any
 
 from rich.text import Text
 
+from receiver.redact import redact_text
+
 #: C0 controls (ESC among them), DEL, C1 controls (0x9b is a one-byte CSI), line and paragraph
 #: separators, and the bidirectional overrides and isolates that can make text read backwards.
 _UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
@@ -49,16 +51,12 @@ def plain(value: object, *, multiline: bool = False, style: str = "") -> Text:
     return Text(literal(value, multiline=multiline), style=style)
 
 
-#: An http(s) URL's query: on a sample URL it is the signature (``sig=``), a credential.
-_QUERY = re.compile(r"(\bhttps?://[^\s?#\"'<>]+)\?[^\s#\"'<>]*", re.IGNORECASE)
-HIDDEN_QUERY = "?(query hidden)"
-
-
 def hide_queries(value: Any) -> Any:
-    """``value`` with the query of every http(s) URL in its strings replaced (signed sample
-    URLs carry their signature there), anywhere inside dicts and lists."""
+    """``value`` with every URL in its strings redacted as in the logs (``receiver.redact``:
+    the query, where a signed sample URL keeps its signature, becomes ``?…``), anywhere inside
+    dicts and lists."""
     if isinstance(value, str):
-        return _QUERY.sub(lambda m: m.group(1) + HIDDEN_QUERY, value) if "?" in value else value
+        return redact_text(value) if "?" in value or "@" in value else value
     if isinstance(value, dict):
         return {k: hide_queries(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
