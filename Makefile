@@ -52,6 +52,9 @@ bench: install
 	$(BIN)/python bench/ingest.py --database sqlite --database postgresql
 	$(BIN)/python bench/burst.py --database sqlite --database postgresql
 	$(BIN)/python bench/e2e.py
+	$(BIN)/python bench/decode.py
+	$(BIN)/python bench/slowloris.py
+	$(BIN)/python bench/faults.py
 
 clean:
 	rm -rf $(VENV) data .mypy_cache .ruff_cache

@@ -280,7 +280,7 @@ def test_off_allowlist_host_is_never_contacted(tmp_path: Path) -> None:
         assert delivery.hits == []
     assert (
         _dead_reason(settings, "ssrf")
-        == f"sample host {delivery.host!r} is not in RECEIVER_SAMPLE_HOSTS"
+        == f"refused: sample host {delivery.host!r} is not in RECEIVER_SAMPLE_HOSTS"
     )
     assert rec.events == []
 
@@ -297,7 +297,7 @@ def test_redirect_off_the_allowlist_is_refused(tmp_path: Path) -> None:
         assert evil.hits == []
     assert (
         _dead_reason(settings, "hop")
-        == f"sample host {evil.host!r} is not in RECEIVER_SAMPLE_HOSTS"
+        == f"refused: sample host {evil.host!r} is not in RECEIVER_SAMPLE_HOSTS"
     )
 
 
