@@ -16,7 +16,7 @@ from rich.table import Table
 
 from submitter._batch import Outcomes, run_batch
 from submitter._cli_support import client, emit, err, json_option, load_settings, run
-from submitter._cli_webhook import no_webhook_option, say_receiver_warning, use_webhooks
+from submitter._cli_webhook import no_webhook_option, say_client_warnings, use_webhooks
 
 #: Stopped by Ctrl-C (SIGINT), as shells report it: 128 + 2.
 EXIT_INTERRUPTED = 130
@@ -93,7 +93,7 @@ def batch(
 
     async def work() -> Outcomes:
         async with client(settings, submitting=webhooks) as bfl:
-            say_receiver_warning(bfl)
+            say_client_warnings(bfl)
             columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
             with Progress(*columns, console=err, transient=as_json) as progress:
                 return await run_batch(

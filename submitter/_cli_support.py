@@ -14,6 +14,7 @@ import pydantic
 from rich.console import Console
 from rich.markup import escape
 
+from receiver.redact import redact_text
 from submitter._client import BFL
 from submitter._errors import (
     BFLError,
@@ -97,8 +98,21 @@ def fail(exc: BaseException, as_json: bool) -> NoReturn:
 
 
 def emit(data: Any) -> None:
-    """One JSON document on stdout."""
-    click.echo(json.dumps(data, default=str))
+    """One JSON document on stdout, with no signed URL in it (see ``unsigned``)."""
+    click.echo(json.dumps(unsigned(data), default=str))
+
+
+def unsigned(value: Any) -> Any:
+    """``value`` with the query of every signed URL in it (a sample's ``...&sig=...``, a
+    credential until it expires) shown as ``?…``; other URLs, polling URLs among them, stay
+    whole. ``--out FILE`` saves the image itself."""
+    if isinstance(value, str):
+        return redact_text(value) if "sig=" in value else value
+    if isinstance(value, dict):
+        return {k: unsigned(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [unsigned(v) for v in value]
+    return value
 
 
 def say(message: str) -> None:

@@ -71,8 +71,9 @@ def use_webhooks(settings: Settings, *, no_webhook: bool, required: bool) -> boo
     return False
 
 
-def say_receiver_warning(bfl: BFL) -> None:
-    """The client's health-check warning, if the receiver did not answer."""
-    warning = bfl.notes.get("receiver")
-    if warning is not None:
-        say(f"[bold yellow]warning:[/bold yellow] {escape(warning)}")
+def say_client_warnings(bfl: BFL) -> None:
+    """What the client found wrong when it opened (the receiver did not answer its health
+    check; there is no store to register in), once each."""
+    for key in ("receiver", "store"):
+        if (warning := bfl.notes.get(key)) is not None:
+            say(f"[bold yellow]warning:[/bold yellow] {escape(warning)}")

@@ -127,7 +127,9 @@ class BFL:
             if warning is not None:
                 self.notes["receiver"] = warning
             if self._store is None and self.webhook is not None:
-                self._store = await open_existing_store(self.settings.database_url)
+                self._store, warning = await open_existing_store(self.settings.database_url)
+                if warning is not None:
+                    self.notes["store"] = warning
                 self._own_store = self._store is not None
         except BaseException:
             await self._client.aclose()

@@ -34,8 +34,9 @@ _STORE_ERRORS = (
 _warned: set[str] = set()
 
 
-async def open_existing_store(url: str) -> Store | None:
-    """The receiver's store, if it exists and answers; else None, with one warning per process.
+async def open_existing_store(url: str) -> tuple[Store | None, str | None]:
+    """The receiver's store, if it exists and answers; else None, with a warning: logged, and
+    returned for the caller to show (once per process and location, else None).
 
     Never creates a store: a SQLite file that is not there stays not there (a submitter in
     another folder must not make a store of its own that no receiver reads).
@@ -46,17 +47,17 @@ async def open_existing_store(url: str) -> Store | None:
     except _STORE_ERRORS as exc:
         await store.close()
         where = store_location(url)
-        if where not in _warned:
-            _warned.add(where)
-            sqlite = url.startswith("sqlite:///")
-            missing = sqlite and not await asyncio.to_thread(Path(where).is_file)
-            why = "it does not exist" if missing else type(exc).__name__
-            log.warning(
-                "cannot register submissions in the receiver's store at %s (%s): no limit "
-                "counting across processes and no reconciliation when a webhook never comes; "
-                "the metadata still travels in the webhook URL",
-                where,
-                why,
-            )
-        return None
-    return store
+        if where in _warned:
+            return None, None
+        _warned.add(where)
+        sqlite = url.startswith("sqlite:///")
+        missing = sqlite and not await asyncio.to_thread(Path(where).is_file)
+        why = "it does not exist" if missing else type(exc).__name__
+        warning = (
+            f"cannot register submissions in the receiver's store at {where} ({why}): no limit "
+            "counting across processes and no reconciliation when a webhook never comes; "
+            "the metadata still travels in the webhook URL"
+        )
+        log.warning("%s", warning)
+        return None, warning
+    return store, None

@@ -24,8 +24,9 @@ from submitter._cli_support import (
     parse_pairs,
     run,
     say,
+    unsigned,
 )
-from submitter._cli_webhook import no_webhook_option, say_receiver_warning, use_webhooks
+from submitter._cli_webhook import no_webhook_option, say_client_warnings, use_webhooks
 from submitter._client import BFL
 from submitter._errors import TaskFailed
 from submitter._settings import LEGACY_REGIONS, Settings
@@ -178,7 +179,7 @@ def generate(
 
     async def work() -> None:
         async with client(settings, submitting=webhooks) as bfl:
-            say_receiver_warning(bfl)
+            say_client_warnings(bfl)
             _warn_metadata(bfl, metadata)
             task = await bfl.generate(model, metadata=metadata, prompt=prompt, **body)
             await _follow(bfl, task, wait=wait, out=out, wait_timeout=timeout, as_json=as_json)
@@ -231,7 +232,7 @@ def edit(
 
     async def work() -> None:
         async with client(settings, submitting=webhooks) as bfl:
-            say_receiver_warning(bfl)
+            say_client_warnings(bfl)
             _warn_metadata(bfl, metadata)
             task = await bfl.edit(
                 image, prompt, model=model, references=references, metadata=metadata, **body
@@ -357,7 +358,8 @@ def _show_result(result: Result, task: Task) -> None:
     if result.progress is not None:
         say(f"progress {result.progress:.0%}")
     if result.sample:
-        say(f"sample (valid ~10 min): {escape(result.sample)}")
+        # Its signature is a credential: never printed. --out saves the image itself.
+        say(f"sample (valid ~10 min; --out FILE saves it): {escape(unsigned(result.sample))}")
     if result.details:
         say(f"details: {escape(str(result.details))}")
     if task.metadata:

@@ -38,6 +38,30 @@ def test_generate_wait_out_saves_the_image(world: World, tmp_path: Path) -> None
     assert "saved fox.png" in out.stderr
 
 
+def test_no_signed_sample_url_in_any_output(world: World, tmp_path: Path) -> None:
+    env = world.env(tmp_path)
+    shown = cli(env, "generate", "a signed fox", "--wait")
+    as_json = cli(env, "generate", "a signed fox", "--wait", "--json")
+    for out in (shown, as_json):
+        assert out.exit_code == 0, out.output
+        assert "sig=" not in out.output  # the sample's signature is a credential
+    assert "/sample.jpeg?…" in shown.stderr
+    sample = cli_json(as_json)["result"]["result"]["sample"]
+    assert sample.endswith("/sample.jpeg?…")
+
+
+def test_registering_nowhere_is_said_once_on_stderr(world: World, tmp_path: Path) -> None:
+    missing = tmp_path / "elsewhere" / "receiver.db"
+    env = world.env(tmp_path, RECEIVER_DATABASE_URL=f"sqlite:///{missing}")
+    out = cli(env, "generate", "from a bot with no store")
+    assert out.exit_code == 0, out.output
+    said = " ".join(out.stderr.split())
+    assert said.count("warning: cannot register submissions") == 1
+    assert f"at {missing} (it does not exist)" in said
+    assert "the metadata still travels in the webhook URL" in said
+    assert not missing.parent.exists()  # and no store of its own was made
+
+
 def test_edit_sends_the_file_and_the_handler_gets_the_result(world: World, tmp_path: Path) -> None:
     Image.new("RGB", (400, 300), "blue").save("in.jpg")
     out = cli(
