@@ -10,7 +10,7 @@ import pytest
 
 from receiver.store import JobState, StoreMissing, Via, open_store, opened_store
 from receiver.store.base import MAX_TRACEBACK_CHARS, Store
-from receiver.store.sqlite import MIGRATIONS
+from receiver.store.sqlite_schema import MIGRATIONS
 from tests.test_store_contract import IMAGE, claim_one, event_of, notice, record
 
 pytestmark = pytest.mark.anyio

@@ -11,7 +11,7 @@ import pytest
 
 from receiver.events import TaskKind
 from receiver.payload import notice_from_payload
-from receiver.store import Store, opened_store, sqlite
+from receiver.store import Store, opened_store, sqlite_schema
 from receiver.store.base import RecordOutcome
 
 pytestmark = pytest.mark.anyio
@@ -112,7 +112,7 @@ async def test_trainings_do_not_count_against_the_active_task_limit(store: Store
 async def test_an_older_sqlite_store_is_migrated(tmp_path: Path) -> None:
     path = tmp_path / "old.db"
     with sqlite3.connect(path) as db:  # a store as the previous receiver left it
-        for script in sqlite.MIGRATIONS[:2]:
+        for script in sqlite_schema.MIGRATIONS[:2]:
             db.executescript(script)
         db.execute(f"PRAGMA user_version = {2}")
         db.execute(

@@ -13,14 +13,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from receiver.events import Status, TaskKind
+from receiver.events import Status
 from receiver.payload import Notice
 from receiver.store.base import (
     FINETUNE_ENDPOINT,
     TERMINAL_STATUSES,
     UNBOUND_ACTIVE_SECONDS,
     EventRecord,
-    ForeignReference,
     ImageRecord,
     Job,
     JobKind,
@@ -32,96 +31,13 @@ from receiver.store.base import (
     StoreMissing,
     Submission,
     Via,
-    cap_traceback,
-    names_finetune,
 )
 from receiver.store.rows import event_from, job_from, run_from, submission_from
 from receiver.store.sqlite_db import SQLiteThread
+from receiver.store.sqlite_record import add_handler_jobs, finish, record_notice
+from receiver.store.sqlite_schema import migrate
 
 _TERMINAL = ",".join("?" * len(TERMINAL_STATUSES))
-
-#: The event's task kind, decided in the recording statement: the notice names a finetune (the
-#: first parameter), or a submission it belongs to (by reference or task id) was one.
-_KIND = f"""CASE WHEN ? OR EXISTS (SELECT 1 FROM submissions WHERE (ref = ? OR task_id = ?)
-                 AND endpoint = '{FINETUNE_ENDPOINT}') THEN 'finetune' ELSE 'generation' END"""
-
-# Each entry migrates the schema from version i to i+1 (PRAGMA user_version).
-MIGRATIONS = [
-    """
-    CREATE TABLE events (
-        task_id     TEXT PRIMARY KEY,
-        status      TEXT NOT NULL,
-        raw_status  TEXT NOT NULL,
-        sample_url  TEXT,
-        error       TEXT,
-        payload     TEXT NOT NULL,
-        metadata    TEXT NOT NULL DEFAULT '{}',
-        received_at REAL NOT NULL,
-        updated_at  REAL NOT NULL,
-        deliveries  INTEGER NOT NULL DEFAULT 1,
-        deadline    REAL,
-        image_location     TEXT,
-        image_content_type TEXT,
-        image_size         INTEGER,
-        image_sha256       TEXT
-    );
-    CREATE INDEX events_received ON events (received_at);
-    CREATE TABLE jobs (
-        id         INTEGER PRIMARY KEY,
-        task_id    TEXT NOT NULL REFERENCES events (task_id) ON DELETE CASCADE,
-        kind       TEXT NOT NULL,
-        handler    TEXT NOT NULL DEFAULT '',
-        state      TEXT NOT NULL,
-        attempts   INTEGER NOT NULL DEFAULT 0,
-        lease      TEXT,
-        lease_until REAL,
-        last_error TEXT,
-        run_at     REAL NOT NULL,
-        created_at REAL NOT NULL,
-        updated_at REAL NOT NULL,
-        UNIQUE (task_id, kind, handler)
-    );
-    CREATE INDEX jobs_due ON jobs (state, run_at);
-    CREATE TABLE job_runs (
-        job_id      INTEGER NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
-        attempt     INTEGER NOT NULL,
-        outcome     TEXT NOT NULL,
-        error       TEXT,
-        finished_at REAL NOT NULL
-    );
-    CREATE INDEX job_runs_job ON job_runs (job_id);
-    """,
-    """
-    CREATE TABLE submissions (
-        ref          TEXT PRIMARY KEY,
-        task_id      TEXT UNIQUE,
-        endpoint     TEXT NOT NULL,
-        polling_url  TEXT,
-        metadata     TEXT NOT NULL DEFAULT '{}',
-        submitted_at REAL NOT NULL,
-        polls        INTEGER NOT NULL DEFAULT 0,
-        next_poll_at REAL
-    );
-    CREATE INDEX submissions_time ON submissions (submitted_at);
-    """,
-    # A finetune's event (a training ended) is dispatched to its own handlers, never downloaded.
-    """
-    ALTER TABLE events ADD COLUMN task_kind TEXT NOT NULL DEFAULT 'generation'
-    """,
-    # The task that first claimed a reference no bound submission names (see base.py).
-    """
-    CREATE TABLE webhook_refs (
-        ref        TEXT PRIMARY KEY,
-        task_id    TEXT NOT NULL,
-        claimed_at REAL NOT NULL
-    );
-    """,
-    # How the terminal notice came (webhook or polling), and each failed run's traceback.
-    """
-    ALTER TABLE events ADD COLUMN via TEXT NOT NULL DEFAULT 'webhook';
-    ALTER TABLE job_runs ADD COLUMN traceback TEXT;
-    """,
-]
 
 
 def sqlite_path(url: str) -> str:
@@ -153,7 +69,7 @@ class SQLiteStore(Store):
             else:
                 await asyncio.to_thread(_require_file, self.path)
         await asyncio.to_thread(self._db.start)
-        await self._db.run(_migrate)
+        await self._db.run(migrate)
 
     async def close(self) -> None:
         await asyncio.to_thread(self._db.stop)
@@ -174,7 +90,7 @@ class SQLiteStore(Store):
     ) -> RecordOutcome:
         meta = json.dumps(metadata) if metadata is not None else None
         outcome = await self._db.run(
-            lambda c: _record(
+            lambda c: record_notice(
                 c,
                 notice,
                 deadline,
@@ -308,13 +224,13 @@ class SQLiteStore(Store):
         return await self._db.run(renew)
 
     async def complete(self, job: Job) -> bool:
-        return await self._db.run(lambda c: _finish(c, job, JobState.DONE, None, "ok"))
+        return await self._db.run(lambda c: finish(c, job, JobState.DONE, None, "ok"))
 
     async def complete_download(
         self, job: Job, image: ImageRecord, handlers: Sequence[str]
     ) -> bool:
         def complete(c: sqlite3.Connection) -> bool:
-            if not _finish(c, job, JobState.DONE, None, "ok"):
+            if not finish(c, job, JobState.DONE, None, "ok"):
                 return False
             now = time.time()
             c.execute(
@@ -322,7 +238,7 @@ class SQLiteStore(Store):
                        image_sha256 = ?, updated_at = ? WHERE task_id = ?""",
                 (image.location, image.content_type, image.size, image.sha256, now, job.task_id),
             )
-            _add_handler_jobs(c, job.task_id, handlers, now)
+            add_handler_jobs(c, job.task_id, handlers, now)
             return True
 
         done = await self._db.run(complete)
@@ -335,18 +251,18 @@ class SQLiteStore(Store):
     ) -> bool:
         at = time.time() + delay
         return await self._db.run(
-            lambda c: _finish(c, job, JobState.QUEUED, error, "retry", run_at=at, tb=traceback)
+            lambda c: finish(c, job, JobState.QUEUED, error, "retry", run_at=at, tb=traceback)
         )
 
     async def bury(self, job: Job, error: str, *, traceback: str | None = None) -> bool:
         return await self._db.run(
-            lambda c: _finish(c, job, JobState.DEAD, error, "dead", tb=traceback)
+            lambda c: finish(c, job, JobState.DEAD, error, "dead", tb=traceback)
         )
 
     async def release(self, job: Job, reason: str) -> bool:
         def release(c: sqlite3.Connection) -> bool:
             now = time.time()
-            if not _finish(c, job, JobState.QUEUED, reason, "released", run_at=now):
+            if not finish(c, job, JobState.QUEUED, reason, "released", run_at=now):
                 return False
             c.execute("UPDATE jobs SET attempts = max(attempts - 1, 0) WHERE id = ?", (job.id,))
             return True
@@ -510,160 +426,3 @@ def _require_file(path: str) -> None:
     # message, which names the file as the current folder makes it.
     if not Path(path).is_file():
         raise StoreMissing(os.path.abspath(path))
-
-
-def _migrate(c: sqlite3.Connection) -> None:
-    version = c.execute("PRAGMA user_version").fetchone()[0]
-    for i, script in enumerate(MIGRATIONS[version:], start=version):
-        for statement in filter(str.strip, script.split(";")):
-            c.execute(statement)
-        c.execute(f"PRAGMA user_version = {i + 1}")
-
-
-def _record(
-    c: sqlite3.Connection,
-    notice: Notice,
-    deadline: float | None,
-    handlers: Sequence[str],
-    *,
-    ref: str | None,
-    finetune_handlers: Sequence[str],
-    metadata: str | None,
-    via: Via,
-) -> RecordOutcome:
-    now = time.time()
-    if ref is not None:
-        _claim(c, ref, notice.task_id, now)
-    fields = (
-        notice.status.value,
-        notice.raw_status,
-        notice.sample_url,
-        notice.error,
-        notice.raw,
-        deadline,
-    )
-    # Only webhooks are deliveries: a polled result is not one.
-    delivered = 1 if via is Via.WEBHOOK else 0
-    # The metadata is the URL's, else the submission's (found by the webhook's reference,
-    # else by task id), and the submission says whether this is a finetune: one indexed
-    # lookup and one plain insert per new webhook, cheaper than either folded into the other.
-    kind_params = (names_finetune(notice), ref, notice.task_id)
-    if ref is None:
-        sub = c.execute(
-            "SELECT metadata, endpoint FROM submissions WHERE task_id = ?", (notice.task_id,)
-        ).fetchone()
-    else:
-        sub = c.execute(
-            """SELECT metadata, endpoint FROM submissions WHERE ref = ? OR task_id = ?
-               ORDER BY ref = ? DESC LIMIT 1""",
-            (ref, notice.task_id, ref),
-        ).fetchone()
-    kind = (
-        TaskKind.FINETUNE
-        if kind_params[0] or (sub is not None and sub[1] == FINETUNE_ENDPOINT)
-        else TaskKind.GENERATION
-    )
-    meta = metadata if metadata is not None else (sub[0] if sub is not None else "{}")
-    inserted = c.execute(
-        """INSERT INTO events (status, raw_status, sample_url, error, payload, deadline,
-               task_id, received_at, updated_at, via, deliveries, metadata, task_kind)
-           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-           ON CONFLICT (task_id) DO NOTHING""",
-        (*fields, notice.task_id, now, now, via.value, delivered, meta, kind.value),
-    ).rowcount
-    if not inserted:
-        known = Status(
-            c.execute("SELECT status FROM events WHERE task_id = ?", (notice.task_id,)).fetchone()[
-                0
-            ]
-        )
-        if known.terminal or not notice.status.terminal:
-            # Already final, or nothing new: count the delivery, keep what was recorded first
-            # (a late Pending must not overwrite a Ready).
-            c.execute(
-                f"""UPDATE events SET deliveries = deliveries + ?, updated_at = ?,
-                        metadata = {_FILL_METADATA} WHERE task_id = ?""",
-                (delivered, now, metadata, notice.task_id),
-            )
-            return RecordOutcome.DUPLICATE if known.terminal else RecordOutcome.PROGRESS
-        updated = c.execute(
-            f"""UPDATE events SET status = ?, raw_status = ?, sample_url = ?, error = ?,
-                   payload = ?, deadline = ?, deliveries = deliveries + ?, updated_at = ?,
-                   via = ?, metadata = {_FILL_METADATA},
-                   task_kind = CASE WHEN task_kind = 'finetune' THEN 'finetune' ELSE {_KIND} END
-               WHERE task_id = ? RETURNING task_kind""",
-            (*fields, delivered, now, via.value, metadata, *kind_params, notice.task_id),
-        ).fetchall()
-        kind = TaskKind(updated[0][0])
-    if not notice.status.terminal:
-        return RecordOutcome.PROGRESS
-    if kind is TaskKind.FINETUNE:
-        _add_handler_jobs(c, notice.task_id, finetune_handlers, now)
-    elif notice.status is Status.READY and notice.sample_url:
-        c.execute(
-            """INSERT INTO jobs (task_id, kind, state, run_at, created_at, updated_at)
-               VALUES (?, 'download', 'queued', ?, ?, ?)""",
-            (notice.task_id, now, now, now),
-        )
-    else:
-        _add_handler_jobs(c, notice.task_id, handlers, now)
-    return RecordOutcome.NEW
-
-
-#: The URL's metadata (the parameter) replaces an event's only while that one is empty.
-_FILL_METADATA = "coalesce(CASE WHEN metadata = '{}' THEN ? END, metadata)"
-
-
-def _claim(c: sqlite3.Connection, ref: str, task_id: str, now: float) -> None:
-    """Raise ForeignReference unless ``ref`` is ``task_id``'s: bound to it, or claimed by it
-    now or before (see base.py). The caller's transaction makes check and claim one step."""
-    bound = c.execute("SELECT task_id FROM submissions WHERE ref = ?", (ref,)).fetchone()
-    if bound is not None and bound[0] is not None:
-        if bound[0] != task_id:
-            raise ForeignReference(ref)
-        return
-    c.execute(
-        "INSERT OR IGNORE INTO webhook_refs (ref, task_id, claimed_at) VALUES (?, ?, ?)",
-        (ref, task_id, now),
-    )
-    owner = c.execute("SELECT task_id FROM webhook_refs WHERE ref = ?", (ref,)).fetchone()[0]
-    if owner != task_id:
-        raise ForeignReference(ref)
-
-
-def _add_handler_jobs(
-    c: sqlite3.Connection, task_id: str, handlers: Sequence[str], now: float
-) -> None:
-    c.executemany(
-        """INSERT OR IGNORE INTO jobs (task_id, kind, handler, state, run_at, created_at,
-               updated_at) VALUES (?, 'handler', ?, 'queued', ?, ?, ?)""",
-        [(task_id, name, now, now, now) for name in handlers],
-    )
-
-
-def _finish(
-    c: sqlite3.Connection,
-    job: Job,
-    state: JobState,
-    error: str | None,
-    outcome: str,
-    *,
-    run_at: float | None = None,
-    tb: str | None = None,
-) -> bool:
-    """Move a running job on, fenced by its lease; record the attempt (and its traceback)."""
-    now = time.time()
-    cur = c.execute(
-        """UPDATE jobs SET state = ?, lease = NULL, lease_until = NULL, last_error = ?,
-               run_at = coalesce(?, run_at), updated_at = ?
-           WHERE id = ? AND lease = ? AND state = 'running'""",
-        (state.value, error, run_at, now, job.id, job.lease),
-    )
-    if cur.rowcount == 0:
-        return False
-    c.execute(
-        """INSERT INTO job_runs (job_id, attempt, outcome, error, finished_at, traceback)
-           VALUES (?, ?, ?, ?, ?, ?)""",
-        (job.id, job.attempts, outcome, error, now, cap_traceback(tb)),
-    )
-    return True
