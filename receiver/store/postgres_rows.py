@@ -1,6 +1,9 @@
-"""What the PostgreSQL store reads back besides rows (those are in ``rows.py``)."""
+"""Small pieces the PostgreSQL modules share: the database clock, and command-tag counts."""
 
 from __future__ import annotations
+
+#: The database's clock, as epoch seconds like ``time.time()`` (transaction start time).
+NOW = "date_part('epoch', now())"
 
 
 def rowcount(status: str) -> int:

@@ -13,10 +13,10 @@ from receiver.store.base import (
     UNBOUND_ACTIVE_SECONDS,
     Submission,
 )
+from receiver.store.postgres_rows import NOW
 from receiver.store.rows import submission_from
 
 #: The database's clock, as epoch seconds (as in postgres.py).
-NOW = "date_part('epoch', now())"
 
 _UNFINISHED = """NOT EXISTS (SELECT 1 FROM events e WHERE e.task_id = s.task_id
                                 AND e.status = ANY($1::text[]))"""
