@@ -40,6 +40,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import SECRET, listen, url_of
+from tests.processes import hold_sqlite_write_lock
 
 HERE = Path(__file__).resolve().parent.parent
 
@@ -142,21 +143,7 @@ def lock(checkout: Path) -> str:
             acked = errors(receiver, "before", 10)
             until(lambda: runs(tmp / "effects.db", "fail") >= 10, 30)
             time.sleep(0.3)
-            holder = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-c",
-                    "import sqlite3, sys, time\n"
-                    "db = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
-                    "db.execute('BEGIN EXCLUSIVE')\n"
-                    "print('locked', flush=True)\n"
-                    "time.sleep(25)\n",
-                    str(tmp / "receiver.db"),
-                ],
-                stdout=subprocess.PIPE,
-            )
-            assert holder.stdout is not None
-            holder.stdout.readline()
+            holder = hold_sqlite_write_lock(tmp / "receiver.db", 25)
             holder.wait()
             acked += errors(receiver, "after", 10)
             took = until(lambda: runs(tmp / "effects.db", "end") >= acked, 60)

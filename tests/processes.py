@@ -68,3 +68,27 @@ class ReceiverProcess:
             self.proc.kill()
             self.proc.wait()
         self.sock.close()
+
+
+def hold_sqlite_write_lock(path: Path, seconds: float) -> subprocess.Popen[bytes]:
+    """Another process that takes SQLite's write lock on ``path`` and holds it ``seconds``;
+    returns once the lock is held."""
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sqlite3, sys, time\n"
+            "db = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
+            "db.execute('BEGIN EXCLUSIVE')\n"
+            "print('locked', flush=True)\n"
+            "time.sleep(float(sys.argv[2]))\n",
+            str(path),
+            str(seconds),
+        ],
+        stdout=subprocess.PIPE,
+    )
+    assert holder.stdout is not None
+    if holder.stdout.readline() != b"locked\n":
+        holder.kill()
+        raise RuntimeError(f"could not lock {path}")
+    return holder

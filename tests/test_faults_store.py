@@ -13,7 +13,6 @@ import contextlib
 import errno
 import os
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +22,7 @@ import pytest
 
 from tests import fault_handler
 from tests.pg import PostgresCluster, find_bindir
-from tests.processes import ReceiverProcess
+from tests.processes import ReceiverProcess, hold_sqlite_write_lock
 from tests.support import SECRET, eventually
 
 HANDLER = "tests.fault_handler:flaky"
@@ -110,22 +109,7 @@ def test_another_process_holding_the_sqlite_write_lock(tmp: Path) -> None:
         acked = acknowledge_and_fail_once(receiver, tmp)
         # Longer than the store's 10 s busy timeout, twice over: its calls fail, not wait.
         hold = 25.0
-        holder = subprocess.Popen(
-            [
-                sys.executable,
-                "-c",
-                "import sqlite3, sys, time\n"
-                "db = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
-                "db.execute('BEGIN EXCLUSIVE')\n"
-                "print('locked', flush=True)\n"
-                "time.sleep(float(sys.argv[2]))\n",
-                str(db),
-                str(hold),
-            ],
-            stdout=subprocess.PIPE,
-        )
-        assert holder.stdout is not None
-        assert holder.stdout.readline() == b"locked\n"
+        holder = hold_sqlite_write_lock(db, hold)
         locked_at = time.monotonic()
         body = wait_not_ready(receiver, until=locked_at + hold)
         assert "locked" in body or "unreachable" in body
