@@ -266,8 +266,9 @@ def test_connection_bound_makes_room_and_answers_503_only_when_all_are_busy(
         try:
             for _ in range(5):
                 assert httpx.get(url + "/healthz", timeout=5).status_code == 200
-            # Listening socket + at most `bound` connections (+1 being accepted).
-            assert open_sockets(proc.pid) <= bound + 2
+            # At most `bound` connections, plus the listening socket, asyncio's self-pipe (a
+            # socket pair) and one being accepted; an evicted one may take a moment to close.
+            eventually(lambda: open_sockets(proc.pid) <= bound + 4, timeout=5)
         finally:
             for sock in idle:
                 sock.close()
