@@ -243,6 +243,20 @@ def test_a_redirect_is_not_followed(tmp_path: Path) -> None:
     assert "hidden" not in job.last_error  # the target's query is not repeated
 
 
+def test_an_unreachable_backend_is_retried_then_dead(tmp_path: Path) -> None:
+    with backend() as to:
+        closed = to.hook  # the backend stops: nothing listens on its port any more
+    settings = settings_for(tmp_path, handler_max_attempts=2)
+    values: dict[str, Any] = {"url": closed, "secret": NEW_SECRET}
+    forwarder = Forwarder(ForwardSettings(_env_file=None, **values))  # type: ignore[call-arg]
+    with running_receiver(settings, {HANDLER: forwarder.send}) as r:
+        r.post({"id": "t-down", "status": "Error", "error": "x"})
+        job = settled(settings, "t-down", JobState.DEAD)
+    assert job.attempts == 2
+    assert job.last_error is not None
+    assert "ConnectError" in job.last_error
+
+
 @pytest.mark.parametrize("cap", [1024 * 1024, 100])
 def test_inline_image_under_and_over_the_cap(tmp_path: Path, cap: int) -> None:
     image = jpeg_bytes(64)

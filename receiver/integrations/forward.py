@@ -71,7 +71,7 @@ from pydantic_settings import NoDecode, SettingsConfigDict
 from receiver.envfile import UpwardEnvSettings
 from receiver.events import Event, StoredImage
 from receiver.handlers import PermanentError
-from receiver.redact import redact_url
+from receiver.redact import redact_text, redact_url
 from receiver.render import finite
 from receiver.settings import split_commas
 
@@ -330,7 +330,8 @@ class Forwarder:
         try:
             response = await self._client(settings).post(url, content=body, headers=headers)
         except httpx.HTTPError as exc:
-            raise ForwardError(f"{where}: {type(exc).__name__}: {exc}") from None
+            # httpx's text may name the URL: with its query and userinfo elided like the logs.
+            raise ForwardError(f"{where}: {type(exc).__name__}: {redact_text(str(exc))}") from None
         status = response.status_code
         if 200 <= status < 300:
             log.info("task %s: forwarded to %s (%d)", event.task_id, where, status)
