@@ -13,6 +13,7 @@ from email.utils import formatdate
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 from click.testing import CliRunner
 from standardwebhooks import Webhook
@@ -22,11 +23,13 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from receiver.cli import main
+from receiver.events import Event, Status
 from receiver.integrations import forward
 from receiver.integrations.forward import (
     ForwardConfigError,
     Forwarder,
     ForwardSettings,
+    RetryLater,
     load_settings,
     retry_after,
 )
@@ -350,3 +353,24 @@ def test_retry_after_reads_seconds_and_http_dates() -> None:
     assert retry_after(formatdate(now - 90, usegmt=True), now) == 0.0
     assert retry_after("soon", now) is None
     assert retry_after(None, now) is None
+
+
+def test_a_429_raises_retry_later_carrying_the_wait() -> None:
+    event = Event(
+        task_id="t-busy",
+        status=Status.ERROR,
+        image=None,
+        metadata={"user": 7},
+        payload={},
+        attempt=1,
+        idempotency_key=f"t-busy:{HANDLER}",
+        error="nope",
+    )
+    with backend(Answer(429, {"retry-after": "7"}, b"slow down")) as to:
+        values: dict[str, Any] = {"url": to.hook, "secret": NEW_SECRET}
+        forwarder = Forwarder(ForwardSettings(_env_file=None, **values))  # type: ignore[call-arg]
+        with pytest.raises(RetryLater) as caught:
+            anyio.run(forwarder.send, event)
+    assert caught.value.retry_after == 7.0
+    assert "429 Too Many Requests: slow down" in str(caught.value)
+    assert to.verified(NEW_SECRET)["data"]["metadata"] == {"user": 7}
