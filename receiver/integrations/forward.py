@@ -98,7 +98,7 @@ __all__ = [
 
 
 class ForwardError(Exception):
-    """A forward failed in a way a later try may not: the worker retries it."""
+    """A forward failed, and a later try may succeed: the worker retries it."""
 
 
 class RetryLater(ForwardError):
