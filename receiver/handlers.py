@@ -22,6 +22,11 @@ class HandlerError(Exception):
     """A handler could not be loaded (bad ``module:callable``, not an async function)."""
 
 
+class PermanentError(Exception):
+    """Raised by a handler when retrying cannot help (the endpoint is gone, the handler is
+    misconfigured): its job is dead at once, with this message as the reason."""
+
+
 def on(*kinds: str) -> Callable[[H], H]:
     """Run the decorated handler only for these kinds: ``"ready"``, ``"error"``,
     ``"moderated"`` (generations), ``"finetune"`` (a finetune's training ended, however it

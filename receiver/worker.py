@@ -32,7 +32,7 @@ import httpx
 
 from receiver.download import DownloadError, HostRefused, fetch_sample
 from receiver.events import Event, StoredImage, TaskKind
-from receiver.handlers import HandlerSet
+from receiver.handlers import HandlerSet, PermanentError
 from receiver.health import Health, describe
 from receiver.loops import backoff, run_forever, watch
 from receiver.metrics import Metrics
@@ -345,12 +345,13 @@ class Worker:
         # Kept with the run (the store caps it) for `bfl-receiver show`.
         trace = "".join(traceback.format_exception(exc))
         shown = literal(hide_queries(error))
-        if job.attempts >= self.settings.handler_max_attempts:
+        permanent = isinstance(exc, PermanentError)
+        if permanent or job.attempts >= self.settings.handler_max_attempts:
             log.warning(
-                "task %s: handler %s dead after %d attempts: %s",
+                "task %s: handler %s dead %s: %s",
                 job.task_id,
                 job.handler,
-                job.attempts,
+                "at once (permanent error)" if permanent else f"after {job.attempts} attempts",
                 shown,
             )
             self.metrics.handler_runs.labels(job.handler, "dead").inc()
