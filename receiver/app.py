@@ -22,23 +22,17 @@ from receiver.correlation import METADATA_PARAM, REF_PARAM, Correlation, correla
 from receiver.download import url_deadline
 from receiver.handlers import Handler, HandlerSet, load_handlers
 from receiver.health import Health, describe
-from receiver.loops import watch
 from receiver.metrics import Metrics
 from receiver.payload import MAX_REF_LENGTH, PayloadError, parse_notice
-from receiver.reconciler import Reconciler
 from receiver.refusals import RefusedWebhooks
+from receiver.runtime import Services, opened_services, running_background
 from receiver.settings import Settings
-from receiver.storage import Storage, open_storage
-from receiver.store import RecordOutcome, Store, open_store
+from receiver.storage import Storage
+from receiver.store import RecordOutcome, Store
 from receiver.store.base import ForeignReference
 from receiver.verify import VerificationError, verify, verify_headers
-from receiver.worker import Worker
 
 log = logging.getLogger("receiver")
-
-#: The user agent on sample downloads, so delivery logs can tell us apart.
-USER_AGENT = "bfl-hooks-receiver"
-MAX_CONNECTIONS = 256
 
 
 @dataclass
@@ -56,6 +50,8 @@ class Runtime:
     """Webhooks refused for their secret, for the reconciler's hint (``refusals.py``)."""
     unverified_reads: int = 0
     """Bodies being read right now before they are authenticated (``X-BFL-Signature``)."""
+    services: Services | None = None
+    """Everything the lifespan opened (``receiver.runtime``), for ``POST /drain``."""
 
 
 class BodyTooLarge(Exception):
@@ -68,12 +64,6 @@ READY_TIMEOUT = 5.0
 RETRY_AFTER_SECONDS = "5"
 
 
-async def _stop(task: asyncio.Task[None]) -> None:
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
-
-
 def create_app(
     settings: Settings,
     *,
@@ -82,7 +72,7 @@ def create_app(
 ) -> Starlette:
     """The receiver. ``handlers`` replaces the configured ones (for embedding and tests);
     ``transport`` carries the downloads and polls instead of httpx's own (for tests)."""
-    redact.install()  # signed URLs' queries never reach a log
+    redact.install()  # signed URLs' queries never reach a log (before handlers load and log)
     handler_set = (
         HandlerSet(dict(handlers)) if handlers is not None else load_handlers(settings.handlers)
     )
@@ -90,52 +80,27 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        async with contextlib.AsyncExitStack() as stack:
-            # Each resource is closed by the stack, in reverse, even if a later one fails.
-            store = open_store(settings.database_url)
-            await store.open()
-            stack.push_async_callback(store.close)
-            storage = open_storage(settings.storage_url)
-            await storage.open()
-            stack.push_async_callback(storage.close)
-            limits = httpx.Limits(max_connections=MAX_CONNECTIONS, max_keepalive_connections=64)
-            client = await stack.enter_async_context(
-                httpx.AsyncClient(
-                    limits=limits, headers={"user-agent": USER_AGENT}, transport=transport
-                )
-            )
+        # The same opener as `work` and `drain` (receiver.runtime): one way to open everything.
+        async with opened_services(
+            settings, handlers=handler_set, metrics=metrics, transport=transport
+        ) as services:
             secrets = [s.get_secret_value() for s in settings.webhook_secret]
-            health = Health()
             app.state.runtime = Runtime(
-                settings, store, storage, handler_set, metrics, secrets, health
+                settings,
+                services.store,
+                services.storage,
+                handler_set,
+                metrics,
+                secrets,
+                services.health,
+                refused=services.refused,
+                services=services,
             )
             if settings.run_worker:
-                worker = Worker(
-                    settings=settings,
-                    store=store,
-                    storage=storage,
-                    handlers=handler_set,
-                    client=client,
-                    metrics=metrics,
-                    health=health,
-                )
-                reconciler = Reconciler(
-                    settings=settings,
-                    store=store,
-                    client=client,
-                    metrics=metrics,
-                    handlers_for=handler_set.names_for,
-                    health=health,
-                    refused=app.state.runtime.refused,
-                )
-                worker.start()
-                stack.push_async_callback(worker.stop, settings.shutdown_grace_seconds)
-                task = asyncio.create_task(reconciler.run(), name="receiver-reconciler")
-                watch(task, "reconciler", health, log)
-                stack.push_async_callback(_stop, task)
-                if settings.bfl_api_key is None:
-                    log.info("no BFL_API_KEY: tasks whose webhook never comes cannot be polled")
-            yield
+                async with running_background(services):
+                    yield
+            else:
+                yield
 
     return Starlette(
         routes=[
