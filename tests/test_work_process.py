@@ -1,0 +1,104 @@
+"""``bfl-receiver work`` in a process of its own, beside a ``serve --no-worker`` process.
+
+The two share one SQLite file, as a worker deployment beside ingest-only replicas shares a
+store: what the receiver records, the worker downloads and hands to the handlers; SIGTERM stops
+the worker as it stops ``serve`` (running jobs finish within the grace period).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests import fault_handler
+from tests.processes import ReceiverProcess
+from tests.support import SECRET, delivery_server, eventually, read_store, ready, settings_for
+
+
+def _worker(env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+    with log_path.open("ab") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "receiver.cli", "work"],
+            env={**os.environ, "RECEIVER_WEBHOOK_SECRET": SECRET, **env},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+
+
+@pytest.mark.slow
+def test_work_process_runs_what_serve_no_worker_recorded_and_stops_gracefully(
+    tmp_path: Path,
+) -> None:
+    effects = str(tmp_path / "effects.db")
+    with delivery_server() as delivery:
+        env = {
+            "RECEIVER_DATABASE_URL": f"sqlite:///{tmp_path}/receiver.db",
+            "RECEIVER_STORAGE_URL": f"file://{tmp_path}/samples",
+            "RECEIVER_SAMPLE_HOSTS": delivery.host,
+            "RECEIVER_HANDLERS": "tests.fault_handler:slow",
+            "RECEIVER_POLL_INTERVAL_SECONDS": "0.1",
+            "RECEIVER_LOG_LEVEL": "info",
+            "BFL_TEST_EFFECTS": effects,
+            "BFL_TEST_SLEEP": "3",
+        }
+        receiver = ReceiverProcess({**env, "RECEIVER_RUN_WORKER": "false"}, tmp_path / "serve.log")
+        worker: subprocess.Popen[bytes] | None = None
+        try:
+            receiver.start()
+            with httpx.Client(base_url=receiver.url, timeout=10) as client:
+                sent = [ready(f"r{i}", delivery.add(f"{i}.jpg")) for i in range(3)]
+                sent += [{"id": f"e{i}", "status": "Error", "error": "x"} for i in range(3)]
+                for payload in sent:
+                    resp = client.post(
+                        "/webhooks/bfl", json=payload, headers={"x-webhook-secret": SECRET}
+                    )
+                    assert resp.status_code == 200
+            time.sleep(1.0)
+            assert fault_handler.runs(effects, "start") == []  # serve --no-worker runs nothing
+            assert delivery.hits == []
+
+            worker = _worker(env, tmp_path / "work.log")
+            eventually(lambda: len(fault_handler.runs(effects, "start")) == 6, timeout=30)
+            assert sorted(delivery.hits) == ["0.jpg", "1.jpg", "2.jpg"]
+            stopped_at = time.monotonic()
+            worker.send_signal(signal.SIGTERM)
+            assert worker.wait(timeout=30) == 0
+            assert time.monotonic() - stopped_at < 15
+            # Every run in flight at SIGTERM finished (3 s < the 25 s grace), none handed back.
+            assert len(fault_handler.runs(effects, "end")) == 6
+            counts = read_store(settings_for(tmp_path), lambda s: s.counts())
+            assert (counts.done, counts.queued, counts.running) == (9, 0, 0)
+            log = (tmp_path / "work.log").read_text()
+            assert "stopped" in log
+            assert "handing back" not in log
+            assert "Traceback" not in log
+            assert receiver.proc is not None and receiver.proc.poll() is None
+        finally:
+            if worker is not None and worker.poll() is None:
+                worker.kill()
+                worker.wait()
+            receiver.close()
+
+
+def test_work_with_an_unreachable_store_is_one_line(tmp_path: Path) -> None:
+    env = {"RECEIVER_DATABASE_URL": "postgresql://bob:hunter2secret@127.0.0.1:1/receiver"}
+    out = subprocess.run(
+        [sys.executable, "-m", "receiver.cli", "work"],
+        env={**os.environ, **env},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert out.returncode == 1
+    assert out.stderr.startswith("Error: cannot reach PostgreSQL at database 'receiver'")
+    assert "hunter2secret" not in out.stderr + out.stdout
+    assert "Traceback" not in out.stderr
