@@ -79,7 +79,8 @@ def test_work_process_runs_what_serve_no_worker_recorded_and_stops_gracefully(
             assert "stopped" in log
             assert "handing back" not in log
             assert "Traceback" not in log
-            assert receiver.proc is not None and receiver.proc.poll() is None
+            assert receiver.proc is not None
+            assert receiver.proc.poll() is None
         finally:
             if worker is not None and worker.poll() is None:
                 worker.kill()
