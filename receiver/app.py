@@ -20,6 +20,7 @@ from starlette.routing import Route
 from receiver import redact
 from receiver.correlation import METADATA_PARAM, REF_PARAM, Correlation, correlate
 from receiver.download import url_deadline
+from receiver.draining import check_budget, drain_services
 from receiver.handlers import Handler, HandlerSet, load_handlers
 from receiver.health import Health, describe
 from receiver.metrics import Metrics
@@ -108,6 +109,7 @@ def create_app(
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
             Route("/metrics", metrics_endpoint, methods=["GET"]),
+            Route("/drain", drain_endpoint, methods=["POST"]),
         ],
         lifespan=lifespan,
     )
@@ -332,3 +334,33 @@ async def metrics_endpoint(request: Request) -> Response:
     rt.metrics.queue_depth.set(counts.queued + counts.running)
     rt.metrics.dead_jobs.set(counts.dead)
     return Response(generate_latest(rt.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+async def drain_endpoint(request: Request) -> Response:
+    """``POST /drain?budget=SECONDS``: a drain (``receiver.draining``) with this app's store and
+    client, for schedulers that give a process CPU only while a request runs. 404 unless
+    ``RECEIVER_ADMIN_TOKEN`` is set; it is compared in constant time."""
+    rt = _runtime(request)
+    token = rt.settings.admin_token
+    if token is None or rt.services is None:
+        return _problem(404, "not found")
+    presented = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+    if not hmac.compare_digest(presented.encode(), token.get_secret_value().encode()):
+        return JSONResponse(
+            {"error": "unauthorized"}, status_code=401, headers={"www-authenticate": "Bearer"}
+        )
+    try:
+        budget = check_budget(float(request.query_params.get("budget", "")))
+    except ValueError as exc:
+        reason = str(exc) if "budget" in str(exc) else "budget must be a number of seconds"
+        return _problem(400, reason)
+    try:
+        summary = await drain_services(rt.services, budget=budget)
+    except Exception as exc:  # the store failed mid-drain: say so, try again later
+        log.error("drain failed: %s", describe(exc))
+        return JSONResponse(
+            {"error": f"the drain failed: {describe(exc)}"},
+            status_code=503,
+            headers={"retry-after": RETRY_AFTER_SECONDS},
+        )
+    return JSONResponse(summary.as_dict())
