@@ -241,3 +241,27 @@ async def test_python_drain_runs_the_handlers_it_is_given(tmp_path: Path) -> Non
     for bad in (0, -1.0, float("nan"), float("inf")):
         with pytest.raises(ValueError, match="budget"):
             await receiver.drain(settings, budget=bad)
+
+
+def test_drain_polls_a_task_whose_webhook_never_came_and_runs_its_jobs(tmp_path: Path) -> None:
+    from tests.test_reconciler import reconciling, sandbox, submit  # noqa: PLC0415
+
+    recorder = Recorder()
+    with sandbox() as api:
+        settings = reconciling(tmp_path, api, run_worker=False)
+        with running_receiver(settings, {"rec": as_handler(recorder)}) as r:
+            task_id = submit(api, r, settings, "drop-webhook", {"chat_id": 7})
+            time.sleep(1.0)  # the task is done (0.2 s) and overdue (0.3 s); no webhook came
+            assert recorder.events == []
+
+            async def go() -> receiver.DrainSummary:
+                handlers = {"rec": as_handler(recorder)}
+                return await receiver.drain(settings, budget=20, handlers=handlers)
+
+            summary = anyio.run(go)
+    # One reconcile pass recovered it, and the same drain downloaded it and ran the handler.
+    assert summary.polled == 1
+    assert (summary.done, summary.queued, summary.finished) == (2, 0, True)
+    assert recorder.task_ids() == [task_id]
+    assert recorder.events[0].metadata == {"chat_id": 7}
+    assert recorder.images[0] is not None

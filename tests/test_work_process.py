@@ -17,6 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from receiver.store import JobState
 from tests import fault_handler
 from tests.processes import ReceiverProcess
 from tests.support import SECRET, delivery_server, eventually, read_store, ready, settings_for
@@ -86,6 +87,47 @@ def test_work_process_runs_what_serve_no_worker_recorded_and_stops_gracefully(
                 worker.kill()
                 worker.wait()
             receiver.close()
+
+
+@pytest.mark.slow
+def test_work_hands_back_what_outlives_the_grace_period_at_once(tmp_path: Path) -> None:
+    effects = str(tmp_path / "effects.db")
+    env = {
+        "RECEIVER_DATABASE_URL": f"sqlite:///{tmp_path}/receiver.db",
+        "RECEIVER_STORAGE_URL": f"file://{tmp_path}/samples",
+        "RECEIVER_HANDLERS": "tests.fault_handler:slow",
+        "RECEIVER_POLL_INTERVAL_SECONDS": "0.1",
+        "RECEIVER_SHUTDOWN_GRACE_SECONDS": "1",
+        "BFL_TEST_EFFECTS": effects,
+        "BFL_TEST_SLEEP": "60",
+    }
+    receiver = ReceiverProcess({**env, "RECEIVER_RUN_WORKER": "false"}, tmp_path / "serve.log")
+    worker: subprocess.Popen[bytes] | None = None
+    try:
+        receiver.start()
+        with httpx.Client(base_url=receiver.url, timeout=10) as client:
+            for i in range(2):
+                resp = client.post(
+                    "/webhooks/bfl",
+                    json={"id": f"t{i}", "status": "Error"},
+                    headers={"x-webhook-secret": SECRET},
+                )
+                assert resp.status_code == 200
+        worker = _worker(env, tmp_path / "work.log")
+        eventually(lambda: len(fault_handler.runs(effects, "start")) == 2, timeout=30)
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(timeout=20) == 0
+        assert "handing back 2 unfinished job(s)" in (tmp_path / "work.log").read_text()
+        settings = settings_for(tmp_path)
+        jobs = [
+            j for i in range(2) for j in read_store(settings, lambda s, i=i: s.jobs_for(f"t{i}"))
+        ]
+        assert [(j.state, j.attempts) for j in jobs] == [(JobState.QUEUED, 0)] * 2
+    finally:
+        if worker is not None and worker.poll() is None:
+            worker.kill()
+            worker.wait()
+        receiver.close()
 
 
 def test_work_with_an_unreachable_store_is_one_line(tmp_path: Path) -> None:
