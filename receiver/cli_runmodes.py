@@ -119,13 +119,35 @@ def work() -> None:
 def drain_command(budget: float, as_json: bool) -> None:
     """Run the jobs due now and one reconcile pass, within --budget seconds, then exit.
 
-    Exit code 0: nothing due was left. 3: the budget ran out first; what is left (or was
-    handed back unfinished) is queued for the next drain.
+    Exit code 0: nothing due was left. 3: the budget ran out first (or SIGTERM or Ctrl-C came);
+    what is left, or was handed back unfinished, is queued for the next drain.
     """
     settings = load_settings()
     _configure_logging(settings)
     handlers = _handlers(settings)
-    summary = _run(settings, lambda: drain(settings, budget=budget, handlers=handlers.handlers))
+
+    async def main() -> DrainSummary | None:
+        # SIGTERM (a scheduler's timeout) ends the drain as its budget would: what runs is
+        # handed back at once. A second signal is not caught: it kills.
+        task, loop = asyncio.current_task(), asyncio.get_running_loop()
+        assert task is not None
+
+        def stop() -> None:
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(signum)
+            task.cancel()
+
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop)
+        try:
+            return await drain(settings, budget=budget, handlers=handlers.handlers)
+        except asyncio.CancelledError:
+            return None
+
+    summary = _run(settings, main)
+    if summary is None:
+        click.echo("drain stopped by a signal: running jobs were handed back", err=True)
+        sys.exit(WORK_LEFT)
     if as_json:
         click.echo(dumps(summary.as_dict()))
     else:

@@ -17,10 +17,21 @@ from pathlib import Path
 import httpx
 import pytest
 
+from receiver.cli_runmodes import WORK_LEFT
 from receiver.store import JobState
 from tests import fault_handler
 from tests.processes import ReceiverProcess
-from tests.support import SECRET, delivery_server, eventually, read_store, ready, settings_for
+from tests.support import (
+    SECRET,
+    Recorder,
+    as_handler,
+    delivery_server,
+    eventually,
+    read_store,
+    ready,
+    running_receiver,
+    settings_for,
+)
 
 
 def _worker(env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
@@ -145,3 +156,38 @@ def test_work_with_an_unreachable_store_is_one_line(tmp_path: Path) -> None:
     assert out.stderr.startswith("Error: cannot reach PostgreSQL at database 'receiver'")
     assert "hunter2secret" not in out.stderr + out.stdout
     assert "Traceback" not in out.stderr
+
+
+@pytest.mark.slow
+def test_drain_stopped_by_sigterm_hands_back_at_once(tmp_path: Path) -> None:
+    effects = str(tmp_path / "effects.db")
+    settings = settings_for(tmp_path, run_worker=False)
+    with running_receiver(settings, {"tests.fault_handler:slow": as_handler(Recorder())}) as r:
+        for i in range(2):
+            assert r.post({"id": f"t{i}", "status": "Error"}).status_code == 200
+    env = {
+        **os.environ,
+        "RECEIVER_DATABASE_URL": settings.database_url,
+        "RECEIVER_STORAGE_URL": settings.storage_url,
+        "RECEIVER_HANDLERS": "tests.fault_handler:slow",
+        "BFL_TEST_EFFECTS": effects,
+        "BFL_TEST_SLEEP": "60",
+    }
+    with (tmp_path / "drain.log").open("wb") as log:
+        drain = subprocess.Popen(
+            [sys.executable, "-m", "receiver.cli", "drain", "--budget", "300"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        eventually(lambda: len(fault_handler.runs(effects, "start")) == 2, timeout=30)
+        drain.send_signal(signal.SIGTERM)
+        assert drain.wait(timeout=20) == WORK_LEFT
+    finally:
+        if drain.poll() is None:
+            drain.kill()
+            drain.wait()
+    assert "stopped by a signal" in (tmp_path / "drain.log").read_text()
+    jobs = [j for i in range(2) for j in read_store(settings, lambda s, i=i: s.jobs_for(f"t{i}"))]
+    assert [(j.state, j.attempts) for j in jobs] == [(JobState.QUEUED, 0)] * 2
