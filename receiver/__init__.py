@@ -10,8 +10,19 @@ Write a handler::
 """
 
 from receiver.app import create_app
+from receiver.draining import DrainSummary, drain
 from receiver.events import Event, Status, StoredImage
 from receiver.handlers import Handler, on
 from receiver.settings import Settings
 
-__all__ = ["Event", "Handler", "Settings", "Status", "StoredImage", "create_app", "on"]
+__all__ = [
+    "DrainSummary",
+    "Event",
+    "Handler",
+    "Settings",
+    "Status",
+    "StoredImage",
+    "create_app",
+    "drain",
+    "on",
+]

@@ -20,25 +20,20 @@ from starlette.routing import Route
 from receiver import redact
 from receiver.correlation import METADATA_PARAM, REF_PARAM, Correlation, correlate
 from receiver.download import url_deadline
+from receiver.draining import check_budget, drain_services
 from receiver.handlers import Handler, HandlerSet, load_handlers
 from receiver.health import Health, describe
-from receiver.loops import watch
 from receiver.metrics import Metrics
 from receiver.payload import MAX_REF_LENGTH, PayloadError, parse_notice
-from receiver.reconciler import Reconciler
 from receiver.refusals import RefusedWebhooks
+from receiver.runtime import Services, opened_services, running_background
 from receiver.settings import Settings
-from receiver.storage import Storage, open_storage
-from receiver.store import RecordOutcome, Store, open_store
+from receiver.storage import Storage
+from receiver.store import RecordOutcome, Store
 from receiver.store.base import ForeignReference
 from receiver.verify import VerificationError, verify, verify_headers
-from receiver.worker import Worker
 
 log = logging.getLogger("receiver")
-
-#: The user agent on sample downloads, so delivery logs can tell us apart.
-USER_AGENT = "bfl-hooks-receiver"
-MAX_CONNECTIONS = 256
 
 
 @dataclass
@@ -56,6 +51,8 @@ class Runtime:
     """Webhooks refused for their secret, for the reconciler's hint (``refusals.py``)."""
     unverified_reads: int = 0
     """Bodies being read right now before they are authenticated (``X-BFL-Signature``)."""
+    services: Services | None = None
+    """Everything the lifespan opened (``receiver.runtime``), for ``POST /drain``."""
 
 
 class BodyTooLarge(Exception):
@@ -68,12 +65,6 @@ READY_TIMEOUT = 5.0
 RETRY_AFTER_SECONDS = "5"
 
 
-async def _stop(task: asyncio.Task[None]) -> None:
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
-
-
 def create_app(
     settings: Settings,
     *,
@@ -82,7 +73,7 @@ def create_app(
 ) -> Starlette:
     """The receiver. ``handlers`` replaces the configured ones (for embedding and tests);
     ``transport`` carries the downloads and polls instead of httpx's own (for tests)."""
-    redact.install()  # signed URLs' queries never reach a log
+    redact.install()  # signed URLs' queries never reach a log (before handlers load and log)
     handler_set = (
         HandlerSet(dict(handlers)) if handlers is not None else load_handlers(settings.handlers)
     )
@@ -90,52 +81,27 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        async with contextlib.AsyncExitStack() as stack:
-            # Each resource is closed by the stack, in reverse, even if a later one fails.
-            store = open_store(settings.database_url)
-            await store.open()
-            stack.push_async_callback(store.close)
-            storage = open_storage(settings.storage_url)
-            await storage.open()
-            stack.push_async_callback(storage.close)
-            limits = httpx.Limits(max_connections=MAX_CONNECTIONS, max_keepalive_connections=64)
-            client = await stack.enter_async_context(
-                httpx.AsyncClient(
-                    limits=limits, headers={"user-agent": USER_AGENT}, transport=transport
-                )
-            )
+        # The same opener as `work` and `drain` (receiver.runtime): one way to open everything.
+        async with opened_services(
+            settings, handlers=handler_set, metrics=metrics, transport=transport
+        ) as services:
             secrets = [s.get_secret_value() for s in settings.webhook_secret]
-            health = Health()
             app.state.runtime = Runtime(
-                settings, store, storage, handler_set, metrics, secrets, health
+                settings,
+                services.store,
+                services.storage,
+                handler_set,
+                metrics,
+                secrets,
+                services.health,
+                refused=services.refused,
+                services=services,
             )
             if settings.run_worker:
-                worker = Worker(
-                    settings=settings,
-                    store=store,
-                    storage=storage,
-                    handlers=handler_set,
-                    client=client,
-                    metrics=metrics,
-                    health=health,
-                )
-                reconciler = Reconciler(
-                    settings=settings,
-                    store=store,
-                    client=client,
-                    metrics=metrics,
-                    handlers_for=handler_set.names_for,
-                    health=health,
-                    refused=app.state.runtime.refused,
-                )
-                worker.start()
-                stack.push_async_callback(worker.stop, settings.shutdown_grace_seconds)
-                task = asyncio.create_task(reconciler.run(), name="receiver-reconciler")
-                watch(task, "reconciler", health, log)
-                stack.push_async_callback(_stop, task)
-                if settings.bfl_api_key is None:
-                    log.info("no BFL_API_KEY: tasks whose webhook never comes cannot be polled")
-            yield
+                async with running_background(services):
+                    yield
+            else:
+                yield
 
     return Starlette(
         routes=[
@@ -143,6 +109,7 @@ def create_app(
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
             Route("/metrics", metrics_endpoint, methods=["GET"]),
+            Route("/drain", drain_endpoint, methods=["POST"]),
         ],
         lifespan=lifespan,
     )
@@ -367,3 +334,33 @@ async def metrics_endpoint(request: Request) -> Response:
     rt.metrics.queue_depth.set(counts.queued + counts.running)
     rt.metrics.dead_jobs.set(counts.dead)
     return Response(generate_latest(rt.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+async def drain_endpoint(request: Request) -> Response:
+    """``POST /drain?budget=SECONDS``: a drain (``receiver.draining``) with this app's store and
+    client, for schedulers that give a process CPU only while a request runs. 404 unless
+    ``RECEIVER_ADMIN_TOKEN`` is set; it is compared in constant time."""
+    rt = _runtime(request)
+    token = rt.settings.admin_token
+    if token is None or rt.services is None:
+        return _problem(404, "not found")
+    presented = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+    if not hmac.compare_digest(presented.encode(), token.get_secret_value().encode()):
+        return JSONResponse(
+            {"error": "unauthorized"}, status_code=401, headers={"www-authenticate": "Bearer"}
+        )
+    try:
+        budget = check_budget(float(request.query_params.get("budget", "")))
+    except ValueError as exc:
+        reason = str(exc) if "budget" in str(exc) else "budget must be a number of seconds"
+        return _problem(400, reason)
+    try:
+        summary = await drain_services(rt.services, budget=budget)
+    except Exception as exc:  # the store failed mid-drain: say so, try again later
+        log.error("drain failed: %s", describe(exc))
+        return JSONResponse(
+            {"error": f"the drain failed: {describe(exc)}"},
+            status_code=503,
+            headers={"retry-after": RETRY_AFTER_SECONDS},
+        )
+    return JSONResponse(summary.as_dict())

@@ -19,6 +19,7 @@ from receiver.cli_render import (
     print_event,
     run_json,
 )
+from receiver.cli_runmodes import drain_command, migrate, work
 from receiver.cli_support import load_settings, scrub, with_store
 from receiver.events import Status
 from receiver.prune import DEFAULT_GRACE_SECONDS, PrunedImages, prune_images
@@ -270,6 +271,11 @@ def _size(n: int) -> str:
         value, unit = value / 1000, bigger
     return f"{n} B" if unit == "B" else f"{value:.1f} {unit}"
 
+
+# The run modes besides serve (receiver/cli_runmodes.py): migrate, work, drain.
+main.add_command(migrate)
+main.add_command(work)
+main.add_command(drain_command)
 
 if __name__ == "__main__":
     main()

@@ -96,12 +96,17 @@ class Reconciler:
 
     async def reconcile_pass(self) -> None:
         """Poll what is due now, then rest a few seconds."""
+        await self.poll_due()
+        await asyncio.sleep(min(5.0, self.settings.reconcile_after / 4))
+
+    async def poll_due(self) -> int:
+        """Poll what is due now (one batch), without resting after; how many were polled."""
         due = await self.store.due_for_reconcile(self.settings.reconcile_after, BATCH)
         results = await asyncio.gather(*(self._poll(s) for s in due), return_exceptions=True)
         for result in results:
             if isinstance(result, Exception):
                 raise result  # after every poll of the pass has ended, none left behind
-        await asyncio.sleep(min(5.0, self.settings.reconcile_after / 4))
+        return len(due)
 
     async def _poll(self, sub: Submission) -> None:
         async with self._limit:

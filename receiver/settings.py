@@ -105,6 +105,10 @@ class Settings(UpwardEnvSettings):
     """When set, ``GET /metrics`` needs ``Authorization: Bearer <token>``: for receivers whose
     webhook port is public (the metrics name handler modules and show traffic)."""
 
+    admin_token: SecretStr | None = None
+    """When set, ``POST /drain?budget=SECONDS`` runs a drain for ``Authorization: Bearer
+    <token>`` (Cloud Scheduler and the like); unset, that route answers 404."""
+
     max_connections: int = Field(default=2048, ge=1)
     """Open connections at most. At the bound the oldest one still waiting on its client is
     closed for a newcomer; when all are busy, newcomers get 503 with ``Retry-After``."""

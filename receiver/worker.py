@@ -25,6 +25,7 @@ import logging
 import time
 import traceback
 import uuid
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -95,6 +96,8 @@ class Worker:
         }
         self._claimers: list[asyncio.Task[None]] = []
         self._keeper: asyncio.Task[None] | None = None
+        self.outcomes: Counter[str] = Counter()
+        """Jobs this worker ended, by outcome: done, retry, dead, handed_back (for drains)."""
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -134,6 +137,35 @@ class Worker:
                 await self._keeper
             self._keeper = None
 
+    async def drain(self, claim_until: float, end: float) -> bool:
+        """Run due jobs until none is due and none runs, claiming until ``claim_until`` and
+        letting jobs run until ``end`` (``time.monotonic()`` values); then hand back at once
+        whatever still runs. True when the queue went idle before ``claim_until``."""
+        await self.store.reap()  # jobs of a process that died or froze mid-job come back now
+        self._keeper = asyncio.create_task(
+            self._forever("lease keeper", self._lease_step), name="receiver-leases"
+        )
+        idle = False
+        try:
+            while (left := claim_until - time.monotonic()) > 0:
+                claimed = 0
+                for pool in self._pools.values():
+                    claimed += await self._claim(pool)
+                running = self._running()
+                if not running and not claimed:
+                    idle = True
+                    break
+                # A job's end frees a slot and may have made jobs (a download's handlers).
+                await asyncio.wait(running, timeout=left, return_when=asyncio.FIRST_COMPLETED)
+            if running := self._running():
+                await asyncio.wait(running, timeout=max(0.0, end - time.monotonic()))
+        finally:
+            await self.stop(grace=0)
+        return idle
+
+    def _running(self) -> list[asyncio.Task[None]]:
+        return [task for pool in self._pools.values() for _, task in pool.running.values()]
+
     async def _hand_back(self) -> None:
         jobs = [entry for pool in self._pools.values() for entry in pool.running.values()]
         for _, task in jobs:
@@ -142,7 +174,8 @@ class Worker:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
             try:
-                await self.store.release(job, "handed back unfinished at shutdown")
+                if await self.store.release(job, "handed back unfinished at shutdown"):
+                    self.outcomes["handed_back"] += 1
             except Exception as exc:  # the lease will expire and the reaper hands it back
                 log.warning("could not hand back job %s: %s", job.id, describe(exc))
 
@@ -155,18 +188,24 @@ class Worker:
         # Clear before claiming: a wake-up that comes while the claim runs stays set.
         pool.wake.clear()
         free = pool.free
-        if free > 0:
-            jobs = await self.store.claim(
-                self.owner, free, self.settings.job_lease_seconds, kind=pool.kind
-            )
-            for job in jobs:
-                task = asyncio.create_task(self._run(pool, job), name=f"job-{job.id}")
-                pool.running[job.id] = (job, task)
-            if len(jobs) == free:
-                return  # all taken: more may be due
+        if free > 0 and await self._claim(pool) == free:
+            return  # all taken: more may be due
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(self.settings.poll_interval_seconds):
                 await pool.wake.wait()
+
+    async def _claim(self, pool: _Pool) -> int:
+        """Claim as many due jobs as the pool has free slots and start them; how many."""
+        free = pool.free
+        if free <= 0:
+            return 0
+        jobs = await self.store.claim(
+            self.owner, free, self.settings.job_lease_seconds, kind=pool.kind
+        )
+        for job in jobs:
+            task = asyncio.create_task(self._run(pool, job), name=f"job-{job.id}")
+            pool.running[job.id] = (job, task)
+        return len(jobs)
 
     async def _wake_step(self) -> None:
         """Turn the store's wake-ups (new jobs here or on a replica) into each pool's."""
@@ -208,7 +247,14 @@ class Worker:
             pool.running.pop(job.id, None)
             pool.wake.set()
 
-    async def _settle(self, job: Job, what: str, transition: Callable[[], Awaitable[bool]]) -> None:
+    async def _settle(
+        self,
+        job: Job,
+        what: str,
+        transition: Callable[[], Awaitable[bool]],
+        *,
+        outcome: str | None = None,
+    ) -> None:
         """Apply a job's transition, trying again while the store fails.
 
         The job stays in its pool meanwhile, so the lease keeper renews its lease; if the lease
@@ -218,7 +264,7 @@ class Worker:
         failures = 0
         while True:
             try:
-                await transition()
+                applied = await transition()
             except Exception as exc:
                 failures += 1
                 self.health.fail("job results", describe(exc))
@@ -229,6 +275,8 @@ class Worker:
                 continue
             if failures:
                 self.health.ok("job results")
+            if applied:  # not when the lease was lost: the job is another worker's now
+                self.outcomes[outcome or what] += 1
             return
 
     async def _download(self, job: Job) -> None:
@@ -265,7 +313,7 @@ class Worker:
             stored = await self.store.complete_download(job, image, names)
             return stored
 
-        await self._settle(job, "the stored image", complete)
+        await self._settle(job, "the stored image", complete, outcome="done")
         if stored:
             self.health.clear_warning(SAMPLE_HOSTS_WARNING)
             self.metrics.downloads.labels("ok").inc()
