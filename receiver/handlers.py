@@ -27,6 +27,16 @@ class PermanentError(Exception):
     misconfigured): its job is dead at once, with this message as the reason."""
 
 
+class RetryLater(Exception):
+    """Raised by a handler when the other side asked it to wait (a 429 or 503 with
+    ``Retry-After``): the next attempt comes no sooner than ``retry_after`` seconds (capped at
+    an hour), or at the usual backoff if that is later. The attempt still counts."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 def on(*kinds: str) -> Callable[[H], H]:
     """Run the decorated handler only for these kinds: ``"ready"``, ``"error"``,
     ``"moderated"`` (generations), ``"finetune"`` (a finetune's training ended, however it

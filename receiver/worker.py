@@ -33,7 +33,7 @@ import httpx
 
 from receiver.download import DownloadError, HostRefused, fetch_sample
 from receiver.events import Event, StoredImage, TaskKind
-from receiver.handlers import HandlerSet, PermanentError
+from receiver.handlers import HandlerSet, PermanentError, RetryLater
 from receiver.health import Health, describe
 from receiver.loops import backoff, run_forever, watch
 from receiver.metrics import Metrics
@@ -47,6 +47,8 @@ log = logging.getLogger("receiver.worker")
 MAX_HANDLER_BACKOFF = 300.0
 MAX_DOWNLOAD_BACKOFF = 30.0
 MAX_DOWNLOAD_ATTEMPTS = 20
+#: The longest wait a handler's RetryLater (a remote Retry-After) can ask for.
+MAX_RETRY_LATER = 3600.0
 #: Between tries of a job's own transition while the store is failing.
 MAX_SETTLE_BACKOFF = 5.0
 #: /readyz's warning while the last sample from an unknown host was refused.
@@ -406,6 +408,8 @@ class Worker:
             await self._settle(job, "dead", lambda: self.store.bury(job, error, traceback=trace))
             return
         delay = backoff(self.settings.handler_backoff_seconds, job.attempts, MAX_HANDLER_BACKOFF)
+        if isinstance(exc, RetryLater) and exc.retry_after:
+            delay = max(delay, min(exc.retry_after, MAX_RETRY_LATER))
         log.info(
             "task %s: handler %s failed (attempt %d of %d), retrying in %.1f s: %s",
             job.task_id,

@@ -44,9 +44,9 @@ Exceptions::
           ├── ForwardGone              410: the endpoint is gone
           └── ForwardConfigError       FORWARD_* missing or invalid
 
-The worker does not yet schedule a retry at ``RetryLater.retry_after``: a retry comes after its
-own backoff (``RECEIVER_HANDLER_BACKOFF_SECONDS``, doubling), and the wait asked for is in the
-job's error (``bfl-receiver show``).
+The worker schedules the retry no sooner than ``RetryLater.retry_after`` (capped at an hour),
+or at its own backoff if that is later; the attempt still counts, and the wait asked for is in
+the job's error (``bfl-receiver show``).
 """
 
 from __future__ import annotations
@@ -68,6 +68,7 @@ import httpx
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
+from receiver import handlers
 from receiver.envfile import UpwardEnvSettings
 from receiver.events import Event, StoredImage
 from receiver.handlers import PermanentError
@@ -101,13 +102,12 @@ class ForwardError(Exception):
     """A forward failed, and a later try may succeed: the worker retries it."""
 
 
-class RetryLater(ForwardError):
+class RetryLater(ForwardError, handlers.RetryLater):
     """The backend answered 429 or a 5xx; ``retry_after`` is the wait it asked for (seconds,
-    from ``Retry-After``), or None when it named none."""
+    from ``Retry-After``), or None when it named none. The worker waits at least that long."""
 
     def __init__(self, message: str, retry_after: float | None) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
+        handlers.RetryLater.__init__(self, message, retry_after)
 
 
 class ForwardGone(PermanentError):
