@@ -8,12 +8,10 @@ import io
 import json
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -52,17 +50,6 @@ def states(path: Path) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def anyio_backend() -> str:
     return "asyncio"
-
-
-@pytest.fixture
-def closed_port() -> Iterator[int]:
-    """A loopback port bound but not listening (the receiver is not running)."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    try:
-        yield int(sock.getsockname()[1])
-    finally:
-        sock.close()
 
 
 def test_batch_without_a_webhook_secret_refuses_and_says_where_it_looked(

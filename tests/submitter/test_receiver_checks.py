@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import logging
-import socket
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,17 +29,6 @@ pytestmark = pytest.mark.anyio
 @pytest.fixture(scope="module")
 def anyio_backend() -> str:
     return "asyncio"
-
-
-@pytest.fixture
-def closed_port() -> Iterator[int]:
-    """A loopback port bound but not listening: connecting to it is refused, for real."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    try:
-        yield int(sock.getsockname()[1])
-    finally:
-        sock.close()
 
 
 def bare(**values: Any) -> submitter.Settings:
