@@ -44,7 +44,8 @@ class DrainSummary:
     done: int
     """Jobs this drain finished (downloads stored, handlers that succeeded)."""
     retried: int
-    """Jobs that failed and were queued again for later, their attempt counted."""
+    """Jobs queued again for later: failed (the attempt counted) or turned away by a rate
+    limit (not counted)."""
     dead: int
     """Jobs that failed for good (``bfl-receiver dead`` lists them)."""
     handed_back: int
@@ -110,7 +111,7 @@ async def drain_services(services: Services, *, budget: float) -> DrainSummary:
     outcomes = worker.outcomes
     return DrainSummary(
         done=outcomes["done"],
-        retried=outcomes["retry"],
+        retried=outcomes["retry"] + outcomes["deferred"],  # a rate limit deferred it
         dead=outcomes["dead"],
         handed_back=outcomes["handed_back"],
         queued=counts.queued,

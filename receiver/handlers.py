@@ -37,6 +37,23 @@ class RetryLater(Exception):
         self.retry_after = retry_after
 
 
+class RateLimited(RetryLater):
+    """Raised by a handler when the other side's rate limit turned it away (a chat platform's
+    429): the job is queued again for ``retry_after`` seconds from now *without* using up an
+    attempt, since nothing failed. Waits add up per job; past
+    ``RECEIVER_RATE_LIMIT_MAX_WAIT_SECONDS`` in all it is an ordinary ``RetryLater``, so a
+    limit that never lifts still ends in a dead job rather than a job waiting for ever."""
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message, retry_after)
+        self.retry_after: float = retry_after
+
+
+class Skipped(Exception):
+    """Raised by a handler when the event is not for it (a Telegram handler and an event with
+    no chat to send to): its job is done, with nothing sent, and counted as skipped."""
+
+
 def on(*kinds: str) -> Callable[[H], H]:
     """Run the decorated handler only for these kinds: ``"ready"``, ``"error"``,
     ``"moderated"`` (generations), ``"finetune"`` (a finetune's training ended, however it

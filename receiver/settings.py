@@ -142,6 +142,10 @@ class Settings(UpwardEnvSettings):
 
     handler_timeout_seconds: float = Field(default=300.0, gt=0)
 
+    rate_limit_max_wait_seconds: float = Field(default=3600.0, ge=0)
+    """How long in all a handler's job may wait out rate limits (``RateLimited``, a chat
+    platform's 429) without using up attempts; past it, each wait counts as an attempt."""
+
     poll_interval_seconds: float = Field(default=1.0, gt=0)
     """How often idle workers look for due jobs that no wake-up announced (retries, replays)."""
 

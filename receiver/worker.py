@@ -33,7 +33,7 @@ import httpx
 
 from receiver.download import DownloadError, HostRefused, fetch_sample
 from receiver.events import Event, StoredImage, TaskKind
-from receiver.handlers import HandlerSet, PermanentError, RetryLater
+from receiver.handlers import HandlerSet, PermanentError, RateLimited, RetryLater, Skipped
 from receiver.health import Health, describe
 from receiver.loops import backoff, run_forever, watch
 from receiver.metrics import Metrics
@@ -387,7 +387,39 @@ class Worker:
         self.metrics.handler_runs.labels(job.handler, "ok").inc()
         await self._settle(job, "done", lambda: self.store.complete(job))
 
+    async def _skipped(self, job: Job, exc: Skipped) -> None:
+        reason = f"skipped: {exc}"[:2000]
+        log.info("task %s: handler %s %s", job.task_id, job.handler, literal(reason))
+        self.metrics.handler_runs.labels(job.handler, "skipped").inc()
+        await self._settle(job, "done", lambda: self.store.complete(job, skipped=reason))
+
+    async def _rate_limited(self, job: Job, exc: RateLimited) -> bool:
+        """Defer the job without using up an attempt, while its waits stay within the bound;
+        False when they would not (the caller then retries it as an ordinary failure)."""
+        wait = min(max(exc.retry_after, 0.0), MAX_RETRY_LATER)
+        bound = self.settings.rate_limit_max_wait_seconds
+        if job.waited + wait > bound:
+            log.info(
+                "task %s: handler %s rate limited again, but it has waited %.0f s in all "
+                "(RECEIVER_RATE_LIMIT_MAX_WAIT_SECONDS=%g): this wait counts as an attempt",
+                job.task_id,
+                job.handler,
+                job.waited,
+                bound,
+            )
+            return False
+        reason = f"rate limited, waiting {wait:.1f} s: {exc}"[:2000]
+        log.info("task %s: handler %s %s", job.task_id, job.handler, literal(hide_queries(reason)))
+        self.metrics.handler_runs.labels(job.handler, "rate_limited").inc()
+        await self._settle(job, "deferred", lambda: self.store.defer(job, reason, wait))
+        return True
+
     async def _handler_failed(self, job: Job, exc: Exception) -> None:
+        if isinstance(exc, Skipped):
+            await self._skipped(job, exc)
+            return
+        if isinstance(exc, RateLimited) and await self._rate_limited(job, exc):
+            return
         if isinstance(exc, TimeoutError):
             error = f"timed out after {self.settings.handler_timeout_seconds:g} s"
         else:

@@ -57,6 +57,11 @@ async def claim_one(store: Store, owner: str = "w1", lease: float = 30.0) -> Job
     return jobs[0]
 
 
+async def claim_eventually(store: Store, owner: str = "w1") -> Job:
+    [job] = await eventually(lambda: store.claim(owner, 1, 30.0))
+    return job
+
+
 async def event_of(store: Store, task_id: str) -> EventRecord:
     event = await store.get_event(task_id)
     assert event is not None, f"no event {task_id!r}"
@@ -190,6 +195,39 @@ async def test_release_requeues_at_once_without_counting_the_attempt(store: Stor
     assert (again.id, again.attempts) == (job.id, 1)
     assert not await store.release(job, "stale lease")  # fenced like every transition
     assert [r.outcome for r in await store.runs_for("t1")] == ["released"]
+
+
+async def test_defer_requeues_later_without_counting_and_adds_up_the_wait(store: Store) -> None:
+    await store.record(notice("t1", "Error", sample=None), deadline=None, handlers=["h:a"])
+    job = await claim_one(store)
+    assert await store.defer(job, "rate limited, waiting 0.3 s", 0.3)
+    [queued] = await store.jobs_for("t1")
+    assert (queued.state, queued.attempts, queued.waited) == (JobState.QUEUED, 0, 0.3)
+    assert queued.run_at > time.time() + 0.1
+    assert await store.claim("w1", 5, 30) == []  # not due yet
+    again = await claim_eventually(store)
+    assert (again.id, again.attempts) == (job.id, 1)
+    assert not await store.defer(job, "stale lease", 1.0)  # fenced like every transition
+    assert await store.defer(again, "rate limited", 0.5)
+    [queued] = await store.jobs_for("t1")
+    assert queued.waited == pytest.approx(0.8)
+    assert [r.outcome for r in await store.runs_for("t1")] == ["rate limited"] * 2
+    # A replay starts the count again, like the attempts.
+    job = await claim_eventually(store)
+    assert await store.bury(job, "gave up")
+    assert await store.replay("t1") == 1
+    [replayed] = await store.jobs_for("t1")
+    assert (replayed.attempts, replayed.waited) == (0, 0.0)
+
+
+async def test_complete_skipped_records_the_reason(store: Store) -> None:
+    await store.record(notice("t1", "Error", sample=None), deadline=None, handlers=["h:a"])
+    job = await claim_one(store)
+    assert await store.complete(job, skipped="skipped: no telegram_chat_id")
+    [done] = await store.jobs_for("t1")
+    assert (done.state, done.last_error) == (JobState.DONE, "skipped: no telegram_chat_id")
+    [run] = await store.runs_for("t1")
+    assert (run.outcome, run.error) == ("skipped", "skipped: no telegram_chat_id")
 
 
 async def test_parallel_claimers_never_get_the_same_job(store: Store, other: Store) -> None:

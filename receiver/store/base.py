@@ -167,6 +167,9 @@ class Job:
     run_at: float
     created_at: float
     updated_at: float
+    waited: float = 0.0
+    """Seconds this job has been deferred by rate limits (``defer``) since it was queued or
+    last replayed; the worker bounds it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -302,8 +305,9 @@ class Store(abc.ABC):
         """Extend the leases still held; returns the ids of the jobs still ours."""
 
     @abc.abstractmethod
-    async def complete(self, job: Job) -> bool:
-        """running → done."""
+    async def complete(self, job: Job, *, skipped: str | None = None) -> bool:
+        """running → done; with ``skipped`` (the reason), the run is recorded as skipped: the
+        handler had nothing to do for this event."""
 
     @abc.abstractmethod
     async def complete_download(
@@ -325,6 +329,11 @@ class Store(abc.ABC):
     async def release(self, job: Job, reason: str) -> bool:
         """running → queued, due now, and the attempt not counted: the job was handed back
         unfinished (a shutdown past its grace period), not failed."""
+
+    @abc.abstractmethod
+    async def defer(self, job: Job, reason: str, delay: float) -> bool:
+        """running → queued, due after ``delay`` seconds, the attempt not counted and
+        ``delay`` added to ``waited``: a rate limit turned the run away, nothing failed."""
 
     @abc.abstractmethod
     async def reap(self) -> int:

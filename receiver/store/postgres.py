@@ -192,8 +192,9 @@ class PostgresStore(Store):
         )
         return {r["id"] for r in rows}
 
-    async def complete(self, job: Job) -> bool:
-        return await finish(self.pool, job, JobState.DONE, None, "ok")
+    async def complete(self, job: Job, *, skipped: str | None = None) -> bool:
+        outcome = "ok" if skipped is None else "skipped"
+        return await finish(self.pool, job, JobState.DONE, skipped, outcome)
 
     async def complete_download(
         self, job: Job, image: ImageRecord, handlers: Sequence[str]
@@ -236,6 +237,18 @@ class PostgresStore(Store):
         self._wake.announce()
         return True
 
+    async def defer(self, job: Job, reason: str, delay: float) -> bool:
+        async with self.pool.acquire() as c, c.transaction():
+            if not await finish(c, job, JobState.QUEUED, reason, "rate limited", delay=delay):
+                return False
+            await c.execute(
+                """UPDATE jobs SET attempts = greatest(attempts - 1, 0), waited = waited + $2
+                   WHERE id = $1""",
+                job.id,
+                delay,
+            )
+        return True
+
     async def reap(self) -> int:
         # SKIP LOCKED: a row locked right now is being claimed, renewed or finished; leave it
         # to the next round rather than wait (and never deadlock with another replica's reaper).
@@ -256,7 +269,7 @@ class PostgresStore(Store):
 
     async def replay(self, task_id: str | None = None, *, include_done: bool = False) -> int:
         status = await self.pool.execute(
-            f"""UPDATE jobs SET state = 'queued', attempts = 0, lease = NULL,
+            f"""UPDATE jobs SET state = 'queued', attempts = 0, waited = 0, lease = NULL,
                     lease_until = NULL, run_at = {NOW}, updated_at = {NOW}
                 WHERE (state = 'dead' OR ($1 AND state = 'done' AND kind = 'handler'))
                 AND ($2::text IS NULL OR task_id = $2)""",

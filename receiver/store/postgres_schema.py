@@ -103,6 +103,10 @@ MIGRATIONS = [
         CHECK (via IN ('webhook', 'polling'));
     ALTER TABLE job_runs ADD COLUMN traceback text;
     """,
+    # Seconds a job has waited out rate limits (Store.defer), bounded by the worker.
+    """
+    ALTER TABLE jobs ADD COLUMN waited double precision NOT NULL DEFAULT 0
+    """,
 ]
 
 #: Held while migrating, so replicas starting together apply each migration once, in turn.

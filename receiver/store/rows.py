@@ -60,6 +60,7 @@ def job_from(r: Row) -> Job:
         run_at=r["run_at"],
         created_at=r["created_at"],
         updated_at=r["updated_at"],
+        waited=r["waited"],
     )
 
 

@@ -223,8 +223,9 @@ class SQLiteStore(Store):
 
         return await self._db.run(renew)
 
-    async def complete(self, job: Job) -> bool:
-        return await self._db.run(lambda c: finish(c, job, JobState.DONE, None, "ok"))
+    async def complete(self, job: Job, *, skipped: str | None = None) -> bool:
+        outcome = "ok" if skipped is None else "skipped"
+        return await self._db.run(lambda c: finish(c, job, JobState.DONE, skipped, outcome))
 
     async def complete_download(
         self, job: Job, image: ImageRecord, handlers: Sequence[str]
@@ -272,6 +273,19 @@ class SQLiteStore(Store):
             self._work.set()
         return released
 
+    async def defer(self, job: Job, reason: str, delay: float) -> bool:
+        def defer(c: sqlite3.Connection) -> bool:
+            at = time.time() + delay
+            if not finish(c, job, JobState.QUEUED, reason, "rate limited", run_at=at):
+                return False
+            c.execute(
+                "UPDATE jobs SET attempts = max(attempts - 1, 0), waited = waited + ? WHERE id = ?",
+                (delay, job.id),
+            )
+            return True
+
+        return await self._db.run(defer)
+
     async def reap(self) -> int:
         def reap(c: sqlite3.Connection) -> int:
             now = time.time()
@@ -302,7 +316,7 @@ class SQLiteStore(Store):
                 where += " AND task_id = ?"
                 params.append(task_id)
             cur = c.execute(
-                f"""UPDATE jobs SET state = 'queued', attempts = 0, lease = NULL,
+                f"""UPDATE jobs SET state = 'queued', attempts = 0, waited = 0, lease = NULL,
                         lease_until = NULL, run_at = ?, updated_at = ?
                     WHERE {where}""",
                 params,

@@ -80,6 +80,10 @@ MIGRATIONS = [
     ALTER TABLE events ADD COLUMN via TEXT NOT NULL DEFAULT 'webhook';
     ALTER TABLE job_runs ADD COLUMN traceback TEXT;
     """,
+    # Seconds a job has waited out rate limits (Store.defer), bounded by the worker.
+    """
+    ALTER TABLE jobs ADD COLUMN waited REAL NOT NULL DEFAULT 0
+    """,
 ]
 
 

@@ -1,0 +1,111 @@
+"""What the chat handlers share: one HTTP client per loop, addressing from metadata, and the
+texts they send (captions cut to a platform's limit, what happened to a failed task)."""
+
+from __future__ import annotations
+
+import asyncio
+import unicodedata
+import weakref
+from typing import Any
+
+import httpx
+
+from receiver.events import Event
+from receiver.handlers import PermanentError, Skipped
+from receiver.redact import redact_text
+
+#: How much of BFL's error text a chat is shown.
+MAX_REASON_CHARS = 200
+ELLIPSIS = "…"
+
+
+class LoopClients:
+    """One ``httpx.AsyncClient`` per event loop, made on first use: a process has one loop, but
+    a client cannot outlive the loop it was made on (tests, ``asyncio.run`` per drain)."""
+
+    def __init__(self, **options: Any) -> None:
+        self._options = options
+        self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx.AsyncClient]
+        self._clients = weakref.WeakKeyDictionary()
+
+    def get(self) -> httpx.AsyncClient:
+        loop = asyncio.get_running_loop()
+        client = self._clients.get(loop)
+        if client is None or client.is_closed:
+            client = self._clients[loop] = httpx.AsyncClient(**self._options)
+        return client
+
+
+def address(event: Event, key: str, *, integer: bool = False) -> str | int:
+    """The metadata value that addresses a platform (``telegram_chat_id``...).
+
+    Absent (or null): ``Skipped``, the event is not for this platform. Of the wrong type or
+    empty: ``PermanentError``, since no retry can fix what the submitter sent. With
+    ``integer``, a string of digits (with an optional minus: Telegram group ids) is accepted.
+    """
+    value = event.metadata.get(key)
+    if value is None:
+        raise Skipped(f"no {key} in the metadata")
+    if isinstance(value, bool):  # bool is an int to Python, never an id
+        raise PermanentError(f"{key} must be {'an integer' if integer else 'a string'}")
+    if integer:
+        if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+            value = int(value.strip())
+        if not isinstance(value, int):
+            raise PermanentError(f"{key} must be an integer, got {type(value).__name__}")
+        return value
+    if isinstance(value, int):
+        value = str(value)
+    if not isinstance(value, str) or not value.strip():
+        raise PermanentError(f"{key} must be a non-empty string")
+    return value.strip()
+
+
+def optional(event: Event, key: str, *, integer: bool = False) -> str | int | None:
+    """Like ``address``, but None when the key is absent."""
+    if event.metadata.get(key) is None:
+        return None
+    return address(event, key, integer=integer)
+
+
+def utf16_len(text: str) -> int:
+    """Length in UTF-16 code units: how Telegram counts a caption's characters."""
+    return len(text.encode("utf-16-le")) // 2
+
+
+def cut(text: str, limit: int, *, utf16: bool = False) -> str:
+    """``text`` within ``limit`` characters (UTF-16 code units with ``utf16``), ending in an
+    ellipsis when cut, and never in half a surrogate pair or a lone combining mark."""
+    size = utf16_len if utf16 else len
+    if size(text) <= limit:
+        return text
+    # Code points to keep: at most limit - 1, fewer while astral characters count double.
+    keep = limit - 1
+    while keep > 0 and size(text[:keep]) > limit - 1:
+        keep -= 1
+    while keep > 0 and unicodedata.combining(text[keep]):
+        keep -= 1
+    return text[:keep].rstrip() + ELLIPSIS
+
+
+def caption(event: Event, limit: int, *, utf16: bool = False) -> str:
+    """The caption under an image: the submitter's ``caption`` metadata (a bot puts the prompt
+    there), cut to the platform's limit; empty when there is none."""
+    value = event.metadata.get("caption")
+    return cut(value, limit, utf16=utf16) if isinstance(value, str) else ""
+
+
+def outcome_text(event: Event) -> str:
+    """What a chat is told when a task made no image: moderated, failed (with BFL's reason,
+    its URLs elided and control characters dropped), or ended some other way."""
+    if event.kind == "moderated":
+        return "The image was not generated: the request was moderated."
+    reason = "".join(ch for ch in (event.error or "") if ch.isprintable()).strip()
+    reason = cut(redact_text(reason), MAX_REASON_CHARS)
+    if event.kind == "error":
+        return (
+            f"The image could not be generated: {reason}"
+            if reason
+            else ("The image could not be generated.")
+        )
+    return f"The task ended without an image ({event.status.value})."
