@@ -51,7 +51,6 @@ the job's error (``bfl-receiver show``).
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import hashlib
@@ -59,7 +58,6 @@ import hmac
 import json
 import logging
 import time
-import weakref
 from collections.abc import Sequence
 from email.utils import parsedate_to_datetime
 from typing import Annotated, Any, Literal
@@ -72,6 +70,7 @@ from receiver import handlers
 from receiver.envfile import UpwardEnvSettings
 from receiver.events import Event, StoredImage
 from receiver.handlers import PermanentError
+from receiver.integrations.common import LoopClients
 from receiver.redact import redact_text, redact_url
 from receiver.render import finite
 from receiver.settings import split_commas
@@ -291,9 +290,7 @@ class Forwarder:
     ) -> None:
         self._settings = settings
         self._transport = transport
-        # One client per loop: a process has one, but a client cannot outlive its loop.
-        self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx.AsyncClient]
-        self._clients = weakref.WeakKeyDictionary()
+        self._clients: LoopClients | None = None  # made with the settings, on first use
 
     @property
     def settings(self) -> ForwardSettings:
@@ -303,16 +300,13 @@ class Forwarder:
         return self._settings
 
     def _client(self, settings: ForwardSettings) -> httpx.AsyncClient:
-        loop = asyncio.get_running_loop()
-        client = self._clients.get(loop)
-        if client is None or client.is_closed:
-            client = httpx.AsyncClient(
+        if self._clients is None:
+            self._clients = LoopClients(
                 timeout=settings.timeout_seconds,
                 follow_redirects=False,  # a 3xx is a failure (Standard Webhooks)
                 transport=self._transport,
             )
-            self._clients[loop] = client
-        return client
+        return self._clients.get()
 
     async def send(self, event: Event) -> None:
         """Post ``event`` to ``FORWARD_URL``, signed; raise unless it answers 2xx."""
