@@ -25,6 +25,7 @@ LOGGERS = (
     "httpcore.socks",
 )
 ELIDED = "?…"
+ACCESS_LOGGER = "uvicorn.access"
 
 # An absolute URL up to a quote, a space or an angle bracket (how URLs end in log lines).
 _URL = re.compile(r"""[A-Za-z][A-Za-z0-9+.-]*://[^\s'"<>]+""")
@@ -63,8 +64,30 @@ class RedactURLs(logging.Filter):
         return True
 
 
+class AccessQueries(logging.Filter):
+    """Elides the query of the request line in uvicorn's access log.
+
+    The webhook URL's query carries the correlation (``?ref=…&m=…``): the submission's
+    metadata, which may hold a chat's interaction token. uvicorn's access formatter reads the
+    path from ``record.args`` (client, method, path, version, status), so the path is rewritten
+    there and the message left as it is.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and len(args) == 5 and isinstance(args[2], str):
+            path = args[2]
+            if "?" in path:
+                record.args = (args[0], args[1], path.split("?", 1)[0] + ELIDED, *args[3:])
+        return True
+
+
 def install() -> None:
-    """Put ``RedactURLs`` on httpx's and httpcore's loggers (once; calling again is harmless)."""
+    """Put ``RedactURLs`` on httpx's and httpcore's loggers, and ``AccessQueries`` on uvicorn's
+    access log (once; calling again is harmless)."""
+    access = logging.getLogger(ACCESS_LOGGER)
+    if not any(isinstance(f, AccessQueries) for f in access.filters):
+        access.addFilter(AccessQueries())
     names = set(LOGGERS) | {
         name for name in logging.root.manager.loggerDict if name.startswith("httpcore.")
     }

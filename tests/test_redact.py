@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
+import httpx
 import pytest
 import trustme
 
@@ -14,9 +18,11 @@ import submitter
 from receiver import redact
 from receiver.redact import RedactURLs, redact_text, redact_url
 from tests.loopback_tls import LoopbackTransport, client_context, tls_server
+from tests.servers import base_url, loopback_socket
 from tests.submitter.conftest import sandbox
 from tests.submitter.test_api_errors import offline
 from tests.support import (
+    SECRET,
     Delivery,
     Recorder,
     Sample,
@@ -122,3 +128,50 @@ async def test_submitter_download_logs_no_signature(
     for signature in (raw, decoded, decoded[:12]):
         assert signature not in caplog.text
         assert all(signature not in r.getMessage() for r in caplog.records)
+
+
+def test_the_access_log_of_serve_shows_no_webhook_query(tmp_path: Path) -> None:
+    """The webhook URL's query carries the submission's metadata (a chat's interaction token):
+    ``bfl-receiver serve`` at info logs each request line with its query elided."""
+    sock = loopback_socket()
+    url = base_url(sock)
+    log_file = tmp_path / "serve.log"
+    with log_file.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "receiver.cli", "serve", "--fd", str(sock.fileno())],
+            env={
+                **os.environ,
+                "RECEIVER_WEBHOOK_SECRET": SECRET,
+                "RECEIVER_DATABASE_URL": f"sqlite:///{tmp_path}/receiver.db",
+                "RECEIVER_STORAGE_URL": f"file://{tmp_path}/samples",
+                "RECEIVER_LOG_LEVEL": "info",
+                "RECEIVER_HANDLERS": "",
+            },
+            pass_fds=(sock.fileno(),),
+            stdout=out,
+            stderr=out,
+        )
+    try:
+        eventually(lambda: _answers(url), timeout=20)
+        with httpx.Client(base_url=url, timeout=10) as client:
+            client.post(
+                "/webhooks/bfl?ref=r1&m=interaction-token-SECRET",
+                json={"id": "t1", "status": "Error", "error": "x"},
+                headers={"x-webhook-secret": SECRET},
+            )
+        eventually(lambda: "/webhooks/bfl?…" in log_file.read_text(), timeout=10)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        sock.close()
+    text = log_file.read_text()
+    assert '"POST /webhooks/bfl?… HTTP/1.1"' in text
+    assert "SECRET" not in text
+    assert "interaction-token" not in text
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url + "/healthz", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
