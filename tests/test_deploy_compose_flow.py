@@ -202,5 +202,5 @@ def test_sandbox_profile_goes_from_a_submit_to_a_stored_image(
         sock.close()
     # Stopped as compose stops them: uvicorn shuts down, then re-raises the SIGTERM it caught.
     assert all(code in GRACEFUL for code in codes.values()), {k: procs.log(k) for k in codes}
-    for replica in ("receiver-1", "receiver-2"):
-        assert "Application shutdown complete" in procs.log(replica)
+    for label in ("receiver-1", "receiver-2"):
+        assert "Application shutdown complete" in procs.log(label)
