@@ -164,6 +164,18 @@ def test_sandbox_profile_goes_from_a_submit_to_a_stored_image(
         # compose: submit waits for the receivers' and the sandbox's health checks
         eventually(lambda: answers(f"{receiver_url}/readyz"), timeout=60)
         eventually(lambda: answers(f"http://127.0.0.1:{sandbox_port}/healthz"), timeout=60)
+        # ...and those checks, run as compose runs them, with the ports these processes have
+        listening = {
+            "receiver": (8000, receiver_url),
+            "sandbox": (8001, f"http://127.0.0.1:{sandbox_port}"),
+        }
+        for name, (port, url) in listening.items():
+            check = service(name)["healthcheck"]["test"]  # ["CMD", "python3", "-c", CODE]
+            assert check[:3] == ["CMD", "python3", "-c"], name
+            code = check[3].replace(f"http://127.0.0.1:{port}", url)
+            assert code != check[3], name
+            ran = subprocess.run([sys.executable, "-c", code], timeout=30, check=False)
+            assert ran.returncode == 0, f"{name}'s health check failed"
 
         submit = service("submit")
         submitted = subprocess.run(
@@ -197,6 +209,8 @@ def test_sandbox_profile_goes_from_a_submit_to_a_stored_image(
         (event,) = [json.loads(line) for line in events.stdout.splitlines()]
         assert event["task_id"] == task_id
         assert event["status"] == "ready"
+        replicas = procs.log("receiver-1") + procs.log("receiver-2")
+        assert '"POST /webhooks/bfl' in replicas  # by webhook, not the reconciler's polling
     finally:
         codes = procs.stop()
         sock.close()
