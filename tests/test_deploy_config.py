@@ -302,3 +302,23 @@ def test_receiver_probes_gate_traffic_on_readiness() -> None:
     from receiver.app import READY_TIMEOUT  # noqa: PLC0415
 
     assert container["readinessProbe"]["timeoutSeconds"] > READY_TIMEOUT
+
+
+def test_compose_steps_run_the_committed_scripts_and_find_the_generated_env() -> None:
+    """The one-shot steps run deploy/'s scripts (mounted as configs), and every bfl-hooks
+    command starts in the folder the `secrets` volume is mounted at, where its .env is."""
+    loaded = compose()
+    services = loaded["services"]
+    for name, config in (("secrets", "secrets-script"), ("s3-bucket", "s3-bucket-script")):
+        (mounted,) = services[name]["configs"]
+        assert mounted["source"] == config
+        assert services[name]["entrypoint"] == ["python3", mounted["target"]], name
+        assert (DEPLOY / loaded["configs"][config]["file"]).is_file(), name
+    folder = services["secrets"]["command"][0]
+    assert services["secrets"]["volumes"] == [f"secrets:{folder}"]
+    for name in ("migrate", "receiver", "worker", "submit", "s3-bucket"):
+        assert services[name]["working_dir"] == folder, name
+        assert f"secrets:{folder}:ro" in services[name]["volumes"], name
+    postgres = services["postgres"]
+    assert postgres["environment"]["POSTGRES_PASSWORD_FILE"] == f"{folder}/postgres-password"
+    assert services["worker"]["environment"]["PGPASSFILE"] == f"{folder}/pgpass"
