@@ -4,6 +4,7 @@ fake (tests/fakes/slack.py, proven faithful with slack_sdk in test_slack_fake.py
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import logging
 import os
@@ -162,16 +163,21 @@ def test_a_caption_at_the_limit_and_one_over_it(tmp_path: Path) -> None:
         with slack_receiver(tmp_path, fake, delivery) as (settings, r):
             submitted(settings, "t-at", {"slack_channel": CHANNEL, "caption": at_limit})
             submitted(settings, "t-over", {"slack_channel": CHANNEL, "caption": over})
-            r.post(ready("t-at", sample))
-            r.post(ready("t-over", sample))
-            settled(settings, "t-at", JobState.DONE)
-            settled(settings, "t-over", JobState.DONE)
+            submitted(settings, "t-esc", {"slack_channel": CHANNEL, "caption": "<!channel> & co"})
+            for task in ("t-at", "t-over", "t-esc"):
+                r.post(ready(task, sample))
+            for task in ("t-at", "t-over", "t-esc"):
+                settled(settings, task, JobState.DONE)
     texts = sorted(m.text for m in fake.channels[CHANNEL].messages)
-    assert texts == [at_limit, "y" * (MAX_COMMENT_CHARS - 1) + "…"]
+    # Slack's formatting characters are escaped: a prompt cannot ping the whole channel.
+    assert texts == ["&lt;!channel&gt; &amp; co", at_limit, "y" * (MAX_COMMENT_CHARS - 1) + "…"]
     tickets = [c for c in fake.calls if c.method == "files.getUploadURLExternal"]
-    assert [len(c.fields["alt_txt"]) for c in tickets] == [1000, 1000]  # Slack's alt_txt limit
-    # Two sends to one channel: paced a second apart (Pacer(1.0) per channel).
-    assert tickets[1].at - tickets[0].at >= 0.9
+    alt = {c.fields["filename"]: c.fields["alt_txt"] for c in tickets}
+    assert (len(alt["t-at.jpg"]), len(alt["t-over.jpg"])) == (1000, 1000)  # Slack's limit
+    assert alt["t-esc.jpg"] == "<!channel> & co"  # alt_txt is plain text, not escaped
+    # Sends to one channel are paced a second apart (Pacer(1.0) per channel).
+    times = sorted(c.at for c in tickets)
+    assert min(b - a for a, b in itertools.pairwise(times)) >= 0.9
 
 
 def test_failure_and_moderation_texts_replace_or_follow_the_progress_message(

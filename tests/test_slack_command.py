@@ -99,14 +99,14 @@ def world(tmp_path: Path) -> Iterator[tuple[FakeSlack, str]]:
 
 def test_imagine_answers_at_once_and_the_image_arrives_in_the_thread(tmp_path: Path) -> None:
     with world(tmp_path) as (fake, url):
-        body = command_body("a lighthouse at dusk")
+        body = command_body("a lighthouse &amp; a boat")  # Slack escapes &, < and >
         started = time.monotonic()
         answer = httpx.post(url, content=body, headers=signed(body), timeout=10)
         assert time.monotonic() - started < 3.0  # Slack gives a command 3 seconds
         assert answer.status_code == 200
         assert answer.json() == {
             "response_type": "ephemeral",
-            "text": "Generating “a lighthouse at dusk”…",
+            "text": "Generating “a lighthouse &amp; a boat”…",
         }
 
         def image_posted() -> bool:
@@ -114,8 +114,10 @@ def test_imagine_answers_at_once_and_the_image_arrives_in_the_thread(tmp_path: P
 
         eventually(image_posted, timeout=30)
     parent, shared = fake.channels[CHANNEL].messages
-    assert parent.text == "<@U0HUMAN> asked for: a lighthouse at dusk"
-    assert (shared.thread_ts, shared.text) == (parent.ts, "a lighthouse at dusk")
+    # Escaped once each time, never twice: the app unescaped the prompt (the caption, and what
+    # BFL got, is "a lighthouse & a boat"), the handler escaped it again.
+    assert parent.text == "<@U0HUMAN> asked for: a lighthouse &amp; a boat"
+    assert (shared.thread_ts, shared.text) == (parent.ts, "a lighthouse &amp; a boat")
     data = fake.uploaded(shared.files[0])
     assert data is not None
     with Image.open(io.BytesIO(data)) as image:  # the sandbox's image, as stored

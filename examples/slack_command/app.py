@@ -12,7 +12,8 @@ Slack POSTs the command here (form-encoded, signed with the app's signing secret
 
 Nothing here waits on BFL and nothing polls: the receiver's built-in handler
 (``RECEIVER_HANDLERS=receiver.integrations.slack:send``) posts the image in that message's
-thread when BFL's webhook brings it. See README.md beside this file.
+thread when BFL's webhook brings it. See README.md beside this file. The texts it posts are
+escaped (&, <, >) as Slack's formatting asks.
 
 Run: ``uvicorn examples.slack_command.app:app --port 3000`` (settings from the environment:
 ``SLACK_SIGNING_SECRET``, ``SLACK_BOT_TOKEN``, and the submitter's ``BFL_*`` / ``RECEIVER_*``).
@@ -38,6 +39,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
+from receiver.integrations.slack import escaped
 from submitter import BFL, BFLError
 
 log = logging.getLogger("slack_command")
@@ -118,7 +120,7 @@ class Imagine:
 
     async def run(self, channel: str, user: str, prompt: str, response_url: str | None) -> None:
         posted = await self.slack(
-            "chat.postMessage", channel=channel, text=f"<@{user}> asked for: {prompt}"
+            "chat.postMessage", channel=channel, text=f"<@{user}> asked for: {escaped(prompt)}"
         )
         if posted.get("ok") is not True or not isinstance(posted.get("ts"), str):
             await self.tell_user(
@@ -139,7 +141,7 @@ class Imagine:
                 "chat.postMessage",
                 channel=channel,
                 thread_ts=posted["ts"],
-                text=f"The image could not be started: {exc}"[:500],
+                text=escaped(f"The image could not be started: {exc}"[:500]),
             )
             return
         log.info("task %s submitted for %s", task.id, channel)
@@ -171,7 +173,10 @@ def create_app(config: Config, bfl: BFL | None = None) -> Starlette:
             return PlainTextResponse("invalid or stale Slack signature", 401)
         form = dict(parse_qsl(body.decode("utf-8", "replace")))
         channel, user = form.get("channel_id", ""), form.get("user_id", "")
-        prompt = " ".join(form.get("text", "").split())
+        # Slack sends the text with &, < and > escaped; BFL (and the caption, which the
+        # receiver escapes again) wants it as typed.
+        typed = form.get("text", "").replace("&lt;", "<").replace("&gt;", ">")
+        prompt = " ".join(typed.replace("&amp;", "&").split())
         if not channel or not user:
             return PlainTextResponse("not a slash command (no channel_id or user_id)", 400)
         if not prompt:
@@ -179,7 +184,7 @@ def create_app(config: Config, bfl: BFL | None = None) -> Starlette:
                 {"response_type": "ephemeral", "text": f"Usage: {form.get('command')} <prompt>"}
             )
         work = BackgroundTask(state["imagine"].run, channel, user, prompt, form.get("response_url"))
-        answer = {"response_type": "ephemeral", "text": f"Generating “{prompt[:100]}”…"}
+        answer = {"response_type": "ephemeral", "text": f"Generating “{escaped(prompt[:100])}”…"}
         return JSONResponse(answer, background=work)  # sent first; the work runs after
 
     return Starlette(

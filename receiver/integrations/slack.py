@@ -14,7 +14,8 @@ What is sent, and when::
     ready, image stored   files.getUploadURLExternal (filename, length, alt_txt)
                           → POST the stored bytes to the upload_url it returned
                           → files.completeUploadExternal (files=[{id, title}], channel_id,
-                            thread_ts, initial_comment = the caption, cut to 4,000 characters)
+                            thread_ts, initial_comment = the caption, cut to 4,000 characters,
+                            then &, < and > escaped as Slack's formatting asks)
                           → chat.delete of slack_message_ts
     anything else         chat.update of slack_message_ts with common.outcome_text (moderated,
                           failed and why), or chat.postMessage when there is none (or it is gone)
@@ -144,6 +145,7 @@ __all__ = [
     "SlackRetryLater",
     "SlackSender",
     "SlackSettings",
+    "escaped",
     "load_settings",
     "send",
 ]
@@ -256,6 +258,12 @@ def _channel(event: Event) -> str:
     return channel
 
 
+def escaped(text: str) -> str:
+    """``text`` as Slack's message formatting wants it: ``&``, ``<`` and ``>`` escaped, so a
+    prompt's ``<!channel>`` or ``<https://…|…>`` shows as typed instead of pinging or linking."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
 def _safe_error(answer: dict[str, Any]) -> str:
     error = answer.get("error")
     text = error if isinstance(error, str) else "unknown_error"
@@ -351,7 +359,7 @@ class SlackSender:
     async def upload(self, upload_url: str, data: bytes, key: str) -> None:
         """POST the bytes to the URL Slack handed out, if its host is allowed; without the
         token (the URL is its own credential)."""
-        host = urlsplit(upload_url).netloc.rpartition("@")[2] or "?"
+        host = (urlsplit(upload_url).netloc.rpartition("@")[2] or "?")[:100]
         if not host_allowed(upload_url, self.settings.allowed_upload_hosts):
             raise SlackPermanentError(
                 f"Slack's upload URL points to {host!r}, which is not an allowed upload host: "
@@ -383,7 +391,7 @@ class SlackSender:
                 await self._delete_progress(event, channel, progress_ts, key)
             log.info("task %s: image posted to Slack channel %s", event.task_id, channel)
             return
-        text = outcome_text(event)
+        text = escaped(outcome_text(event))
         if progress_ts is not None and await self._update_progress(channel, progress_ts, text, key):
             log.info("task %s: Slack progress message replaced (%s)", event.task_id, event.kind)
             return
@@ -417,7 +425,7 @@ class SlackSender:
         if thread_ts is not None:
             complete["thread_ts"] = thread_ts
         if comment:
-            complete["initial_comment"] = comment
+            complete["initial_comment"] = escaped(comment)
         await self.call("files.completeUploadExternal", complete, key)
 
     async def _update_progress(self, channel: str, ts: str, text: str, key: str) -> bool:
