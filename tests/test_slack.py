@@ -13,11 +13,15 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 from click.testing import CliRunner
 from PIL import Image
+from pydantic import SecretStr
 
 from receiver.cli import main
+from receiver.events import Event, Status
+from receiver.handlers import RateLimited
 from receiver.integrations import slack
 from receiver.integrations.slack import MAX_COMMENT_CHARS, SlackSender, SlackSettings
 from receiver.settings import Settings
@@ -155,6 +159,38 @@ def test_a_large_image_is_uploaded_byte_for_byte(tmp_path: Path) -> None:
     assert fake.uploaded(listed["id"]) == image
 
 
+def test_a_file_over_the_workspaces_limit_is_dead_with_slacks_reason(tmp_path: Path) -> None:
+    with delivery_server() as delivery, fake_slack(CHANNEL) as fake:
+        fake.max_file_bytes = 100  # the workspace restricts uploads
+        sample = delivery.add("a.jpg")
+        with slack_receiver(tmp_path, fake, delivery) as (settings, r):
+            submitted(settings, "t-huge", {"slack_channel": CHANNEL})
+            r.post(ready("t-huge", sample))
+            job = settled(settings, "t-huge", JobState.DEAD)
+    assert job.attempts == 1
+    assert job.last_error == (
+        "SlackPermanentError: Slack files.getUploadURLExternal: file_upload_size_restricted"
+    )
+    assert fake.uploads == []
+
+
+def test_a_progress_message_that_cannot_be_deleted_does_not_post_the_image_twice(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with delivery_server() as delivery, fake_slack(CHANNEL) as fake:
+        sample = delivery.add("a.jpg")
+        progress = fake.post(CHANNEL, "Generating…")
+        fake.fail_next("chat.delete", status=500)
+        with slack_receiver(tmp_path, fake, delivery) as (settings, r):
+            submitted(settings, "t-del", {"slack_channel": CHANNEL, "slack_message_ts": progress})
+            r.post(ready("t-del", sample))
+            job = settled(settings, "t-del", JobState.DONE)
+    assert job.attempts == 1
+    left, shared = fake.channels[CHANNEL].messages
+    assert (left.ts, len(shared.files)) == (progress, 1)
+    assert any("progress message not deleted" in m for m in caplog.messages)
+
+
 def test_a_caption_at_the_limit_and_one_over_it(tmp_path: Path) -> None:
     at_limit = "x" * MAX_COMMENT_CHARS
     over = "y" * (MAX_COMMENT_CHARS + 1)
@@ -229,6 +265,32 @@ def test_a_429_is_waited_out_without_using_an_attempt(tmp_path: Path) -> None:
     assert len([m for m in fake.channels[CHANNEL].messages if m.files]) == 1  # posted once
 
 
+def test_a_429_holds_the_channel_for_its_retry_after() -> None:
+    """The sender itself, against the fake: a 429 for a channel keeps this process from
+    sending there again until Retry-After has passed."""
+    failed = Event(
+        task_id="t1",
+        status=Status.ERROR,
+        image=None,
+        metadata={"slack_channel": CHANNEL},
+        payload={},
+        attempt=1,
+        idempotency_key="t1:h",
+        error="x",
+    )
+    with fake_slack(CHANNEL) as fake:
+        sender = SlackSender(
+            SlackSettings(_env_file=None, bot_token=SecretStr(TOKEN), api_url=fake.api_url)  # type: ignore[call-arg]
+        )
+        fake.fail_next("chat.postMessage", status=429, retry_after=3)
+        with pytest.raises(RateLimited) as limited:
+            anyio.run(sender.send, failed)
+        assert limited.value.retry_after == 3.0
+        assert sender.pacer.next_free(f"slack:{CHANNEL}") > 2.0
+        assert sender.pacer.next_free("slack:C0OTHER") == 0.0  # other channels are free
+    assert fake.channels[CHANNEL].messages == []
+
+
 def test_a_5xx_is_retried(tmp_path: Path) -> None:
     with delivery_server() as delivery, fake_slack(CHANNEL) as fake:
         sample = delivery.add("a.jpg")
@@ -264,7 +326,7 @@ def test_permanent_errors_are_dead_at_once_with_slacks_reason(tmp_path: Path) ->
 
 
 def test_a_wrong_token_is_dead_at_once_and_no_token_is_in_any_log_or_error(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     caplog.set_level(logging.DEBUG)
     wrong = "xoxb-wrong-9876543210-zyxwvuZYXWVU"
@@ -279,6 +341,11 @@ def test_a_wrong_token_is_dead_at_once_and_no_token_is_in_any_log_or_error(
             r.post(ready("t-bad", sample))
             job = settled(bad, "t-bad", JobState.DEAD)
             assert TOKEN not in r.client.get("/metrics").text
+            monkeypatch.chdir(tmp_path)
+            monkeypatch.setenv("RECEIVER_DATABASE_URL", bad.database_url)
+            shown = CliRunner().invoke(main, ["show", "t-bad", "--json"])
+            assert shown.exit_code == 0, shown.output
+            assert "invalid_auth" in shown.output  # its runs, errors and tracebacks
     assert job.attempts == 1
     assert job.last_error == "SlackPermanentError: Slack files.getUploadURLExternal: invalid_auth"
     credentials = [f.credential for f in fake.files.values()]
@@ -288,6 +355,7 @@ def test_a_wrong_token_is_dead_at_once_and_no_token_is_in_any_log_or_error(
     assert "/upload/v1/" in logged
     for secret in (TOKEN, wrong, *credentials):
         assert secret not in logged
+        assert secret not in shown.output
         assert secret not in (job.last_error or "")
 
 

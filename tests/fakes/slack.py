@@ -13,7 +13,9 @@ Written from Slack's method pages (docs.slack.dev/reference/methods/…) and its
   ``chat.update`` / ``chat.delete`` (``message_not_found``; ``cant_update_message`` /
   ``cant_delete_message`` for a message that is not the bot's).
 - ``files.getUploadURLExternal`` (``filename`` and ``length`` required: ``invalid_arguments``;
-  ``length`` 0: ``missing_argument``; ``alt_txt`` past 1,000: ``alt_txt_too_large``) hands back
+  ``length`` 0: ``missing_argument``; ``alt_txt`` past 1,000: ``alt_txt_too_large``; ``length``
+  past ``max_file_bytes``, Slack's 1 GB or a workspace's own restriction:
+  ``file_upload_size_restricted``) hands back
   ``upload_url`` on this fake itself (``/upload/v1/<ticket>?credential=…``, the credential being
   what makes it a secret, as Slack's is) and a ``file_id``.
 - ``POST`` the upload URL with the bytes, raw or multipart: 200 ``OK - <length>``. A wrong
@@ -53,6 +55,7 @@ TOKEN = "xoxb-fake-0123456789-abcdefABCDEF"  # the fake's own, for tests
 BOT_USER = "U0FAKEBOT"
 MAX_TEXT_CHARS = 40_000
 MAX_ALT_CHARS = 1000
+MAX_FILE_BYTES = 1024**3  # "files up to 1 GB" (Slack's help center)
 
 
 @dataclass
@@ -115,6 +118,8 @@ class FakeSlack:
         self.calls: list[Call] = []
         self.uploads: list[Call] = []
         self.failures: dict[str, list[Failure]] = {}
+        self.max_file_bytes = MAX_FILE_BYTES
+        """Above this, files.getUploadURLExternal refuses (a workspace may restrict uploads)."""
         self.upload_base: str | None = None
         """Where upload URLs point (default: this fake); another server's URL for tests."""
         self._lock = threading.Lock()
@@ -310,6 +315,8 @@ class FakeSlack:
             return _error("invalid_arguments")
         if size <= 0:
             return _error("missing_argument")
+        if size > self.max_file_bytes:
+            return _error("file_upload_size_restricted")
         alt = fields.get("alt_txt")
         if isinstance(alt, str) and len(alt) > MAX_ALT_CHARS:
             return _error("alt_txt_too_large")
