@@ -1,0 +1,387 @@
+"""Post each finished task's image to Discord: a channel, or a slash command's deferred reply.
+
+``RECEIVER_HANDLERS=receiver.integrations.discord:send``. The submission's metadata says where:
+
+- ``discord_channel_id``: ``POST /channels/{id}/messages`` as the bot (``DISCORD_BOT_TOKEN``);
+- ``discord_application_id`` + ``discord_interaction_token`` (and, optionally,
+  ``discord_interaction_id``): the follow-up of a slash command answered with a deferred reply
+  (type 5): ``PATCH /webhooks/{application}/{token}/messages/@original`` replaces its
+  "thinking…" message (``POST /webhooks/{application}/{token}?wait=true``, a follow-up, when
+  that original was deleted). No bot token is needed. An interaction's token lives 15 minutes:
+  past that (known from the interaction id, a snowflake, or from Discord's 401) the job is dead
+  at once, with that reason, rather than retried.
+
+The interaction wins when both are given. Neither: the job is skipped. What is sent:
+
+- an image: one multipart request, ``files[0]`` (the STORED bytes) and ``payload_json``
+  (``content`` = the ``caption`` metadata cut to 2000 characters, ``attachments: [{"id": 0,
+  "filename": …}]``, mentions off); ``wait=true`` on webhook executions;
+- an image over 10 MiB (Discord's per-file limit), or refused with 413 / 40005: a text saying
+  it is too large for Discord, with its size;
+- a failed or moderated task: ``common.outcome_text`` (replacing the deferred reply).
+
+Answers (``topics/rate-limits.mdx``, ``topics/opcodes-and-status-codes.mdx``)::
+
+    2xx            done; X-RateLimit-Remaining 0 holds the channel for X-RateLimit-Reset-After
+    429            RateLimited(retry_after): queued again, no attempt used; the channel (or,
+                   for a global limit, every send of this process) is held that long
+    401, 403, 404  PermanentError with Discord's message and code: dead at once. Discord bans
+    other 4xx      an address after 10,000 invalid requests in 10 minutes: never a retry storm
+    5xx            RetryLater (Retry-After when given): retried
+    no answer      DiscordError: retried
+
+Sends are paced at one a second per channel and per interaction (``pacing.Pacer``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import SettingsConfigDict
+
+from receiver import handlers
+from receiver.envfile import UpwardEnvSettings
+from receiver.events import Event
+from receiver.handlers import PermanentError, RateLimited, Skipped
+from receiver.integrations import discord_api
+from receiver.integrations.common import LoopClients, caption, cut, optional, outcome_text
+from receiver.integrations.discord_api import Answer
+from receiver.integrations.pacing import Pacer
+from receiver.redact import redact_text
+
+log = logging.getLogger("receiver.integrations.discord")
+
+CONTENT_LIMIT = 2000
+FILE_LIMIT = 10 * 1024 * 1024  # "The default limit is 10 MiB for all users" (reference.mdx)
+INTERACTION_TTL = 15 * 60.0
+#: Margin kept before an interaction token's end: a send started later may not make it.
+INTERACTION_MARGIN = 5.0
+DISCORD_EPOCH_MS = 1_420_070_400_000
+#: The bucket of Discord's global limit (50 requests a second per bot): a 429 on it holds all.
+GLOBAL = "discord:global"
+_SNOWFLAKE = re.compile(r"[0-9]{1,20}")
+_TOKEN = re.compile(r"[A-Za-z0-9_.-]{1,500}")
+_EXTENSIONS = {"image/jpeg": "jpg", "image/png": "png", "image/webp": "webp", "image/gif": "gif"}
+
+__all__ = ["DiscordConfigError", "DiscordError", "DiscordSender", "DiscordSettings", "send"]
+
+
+class DiscordError(Exception):
+    """A send failed and a later try may succeed (no answer): the worker retries it."""
+
+
+class DiscordConfigError(PermanentError):
+    """``DISCORD_*`` settings are missing or invalid; no retry until they are fixed."""
+
+
+class DiscordSettings(UpwardEnvSettings):
+    """``DISCORD_*`` variables (or the ``.env`` found upward)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="DISCORD_",
+        env_file=".env",
+        extra="ignore",
+        frozen=True,
+        hide_input_in_errors=True,  # a mistyped token must not be echoed in the error
+    )
+
+    bot_token: SecretStr | None = None
+    """The bot's token; needed for ``discord_channel_id`` only (interactions carry theirs)."""
+
+    api_url: str = "https://discord.com/api/v10"
+    """Discord's API base (a proxy, or a fake in tests)."""
+
+    timeout_seconds: float = Field(default=30.0, gt=0)
+    """For each request to Discord (connect, upload, answer)."""
+
+    @field_validator("api_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not value.lower().startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL")
+        return value.rstrip("/")
+
+
+def load_settings() -> DiscordSettings:
+    """``DiscordSettings`` from the environment, or a ``DiscordConfigError`` naming the
+    variable (never its value)."""
+    try:
+        return DiscordSettings()
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"DISCORD_{'_'.join(str(p) for p in error['loc']).upper()}: {error['msg']}"
+            for error in exc.errors()
+        )
+        raise DiscordConfigError(problems) from None
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """Where one event goes: a channel (as the bot) or an interaction's webhook."""
+
+    channel_id: str | None = None
+    application_id: str | None = None
+    token: str | None = None
+    expires_at: float | None = None
+    """When the interaction's token dies (Unix time), when its id was given."""
+
+    @property
+    def key(self) -> str:
+        """The pacing key: never the token itself, which is a credential."""
+        if self.channel_id is not None:
+            return f"discord:channel:{self.channel_id}"
+        digest = hashlib.sha256((self.token or "").encode()).hexdigest()[:16]
+        return f"discord:interaction:{self.application_id}:{digest}"
+
+    @property
+    def where(self) -> str:
+        """How errors and logs name the target (no token)."""
+        if self.channel_id is not None:
+            return f"Discord channel {self.channel_id}"
+        return f"the interaction of Discord application {self.application_id}"
+
+
+def _snowflake(event: Event, key: str) -> str | None:
+    value = optional(event, key)
+    if value is not None and not _SNOWFLAKE.fullmatch(str(value)):
+        raise PermanentError(f"{key} must be a Discord id (a snowflake: up to 20 digits)")
+    return None if value is None else str(value)
+
+
+def target_of(event: Event, now: float) -> Target:
+    """The event's ``Target`` from its metadata: ``Skipped`` when it names no Discord place,
+    ``PermanentError`` when what it names cannot be used (wrong types, half an interaction, an
+    interaction past its 15 minutes)."""
+    application = _snowflake(event, "discord_application_id")
+    token = optional(event, "discord_interaction_token")
+    if application is not None or token is not None:
+        if application is None or token is None:
+            raise PermanentError(
+                "discord_application_id and discord_interaction_token go together: "
+                "the metadata has only one"
+            )
+        if not _TOKEN.fullmatch(str(token)):
+            raise PermanentError(
+                "discord_interaction_token is not an interaction token "
+                "(up to 500 letters, digits, '-', '_', '.')"
+            )
+        interaction = _snowflake(event, "discord_interaction_id")
+        expires = None
+        if interaction is not None:
+            made = ((int(interaction) >> 22) + DISCORD_EPOCH_MS) / 1000
+            expires = made + INTERACTION_TTL
+            if now > expires - INTERACTION_MARGIN:
+                raise PermanentError(
+                    f"the interaction of Discord application {application} expired "
+                    f"{(now - made) / 60:.0f} minutes after it was made: Discord accepts its "
+                    "reply for 15 minutes"
+                )
+        return Target(application_id=application, token=str(token), expires_at=expires)
+    channel = _snowflake(event, "discord_channel_id")
+    if channel is None:
+        raise Skipped(
+            "no discord_channel_id or discord_application_id + discord_interaction_token "
+            "in the metadata"
+        )
+    return Target(channel_id=channel)
+
+
+def too_large_text(size: int) -> str:
+    return (
+        f"The image is too large for Discord ({size / 1024 / 1024:.1f} MiB; "
+        f"the limit is {FILE_LIMIT // 1024 // 1024} MiB per file)."
+    )
+
+
+def _filename(event: Event, content_type: str) -> str:
+    stem = re.sub(r"[^A-Za-z0-9_-]", "", event.task_id)[:64] or "image"
+    return f"flux-{stem}.{_EXTENSIONS.get(content_type.partition(';')[0].strip(), 'jpg')}"
+
+
+class DiscordSender:
+    """The handler behind ``send``: settings read once, one HTTP client per event loop, one
+    pace per channel and interaction.
+
+    ``DiscordSender(settings)`` sends with those settings (for embedding and tests);
+    ``DiscordSender()`` reads ``DISCORD_*`` on its first event and keeps them.
+    """
+
+    def __init__(self, settings: DiscordSettings | None = None) -> None:
+        self._settings = settings
+        self._clients: LoopClients | None = None
+        self.pacer = Pacer(1.0)
+        #: Discord's own word on when to send again, per channel / interaction and ``GLOBAL``.
+        self.buckets = discord_api.Buckets()
+
+    @property
+    def settings(self) -> DiscordSettings:
+        """The settings in use, read from the environment on first use."""
+        if self._settings is None:
+            self._settings = load_settings()
+        return self._settings
+
+    def _client(self) -> httpx.AsyncClient:
+        if self._clients is None:
+            discord_api.install_log_filter()  # httpx logs URLs, and webhook URLs hold tokens
+            self._clients = LoopClients(
+                timeout=self.settings.timeout_seconds, follow_redirects=False
+            )
+        return self._clients.get()
+
+    async def send(self, event: Event) -> None:
+        """Send ``event``'s image (or what happened to its task) where its metadata says."""
+        target = target_of(event, time.time())
+        settings = self.settings
+        if target.channel_id is not None and settings.bot_token is None:
+            raise DiscordConfigError(
+                "DISCORD_BOT_TOKEN is not set: receiver.integrations.discord:send needs the "
+                "bot's token to post to discord_channel_id; set it, restart, then "
+                "bfl-receiver replay --dead"
+            )
+        if event.image is None:
+            await self._deliver(target, event, {"content": cut(outcome_text(event), 2000)})
+            log.info("task %s: %s told it ended %s", event.task_id, target.where, event.kind)
+            return
+        text = caption(event, CONTENT_LIMIT)
+        size = event.image.size
+        if size > FILE_LIMIT:
+            await self._too_large(target, event, size, text)
+            return
+        data = await event.image.read()
+        name = _filename(event, event.image.content_type)
+        payload = {"content": text, "attachments": [{"id": 0, "filename": name}]}
+        file = (name, data, event.image.content_type)
+        answer = await self._deliver(target, event, payload, file)
+        if answer is None:  # Discord found it too large (413 / 40005)
+            await self._too_large(target, event, len(data), text)
+            return
+        log.info("task %s: image (%d bytes) sent to %s", event.task_id, len(data), target.where)
+
+    async def _too_large(self, target: Target, event: Event, size: int, text: str) -> None:
+        content = cut(too_large_text(size) + (f"\n{text}" if text else ""), CONTENT_LIMIT)
+        await self._deliver(target, event, {"content": content})
+        log.info("task %s: image too large for %s (%d bytes)", event.task_id, target.where, size)
+
+    def _request(self, target: Target, *, edit: bool) -> tuple[str, str, dict[str, str]]:
+        api = self.settings.api_url
+        if target.channel_id is not None:
+            token = self.settings.bot_token
+            assert token is not None  # checked in send
+            headers = {"authorization": f"Bot {token.get_secret_value()}"}
+            return "POST", f"{api}/channels/{target.channel_id}/messages", headers
+        base = f"{api}/webhooks/{target.application_id}/{target.token}"
+        if edit:
+            return "PATCH", f"{base}/messages/@original", {}
+        return "POST", f"{base}?wait=true", {}
+
+    async def _deliver(
+        self,
+        target: Target,
+        event: Event,
+        payload: dict[str, Any],
+        file: tuple[str, bytes, str] | None = None,
+    ) -> Answer | None:
+        """Send once (PATCH the deferred reply, POST when it is gone); the answer, None when
+        Discord found the file too large, else the exception the worker acts on."""
+        answer = await self._send_once(target, event, payload, file, edit=True)
+        if answer.code == discord_api.UNKNOWN_MESSAGE and target.channel_id is None:
+            # The deferred reply was deleted: a follow-up message instead.
+            answer = await self._send_once(target, event, payload, file, edit=False)
+        if answer.status == 413 or answer.code == discord_api.REQUEST_TOO_LARGE:
+            if file is None:
+                raise PermanentError(f"{target.where} refused the text: {answer.reason}")
+            return None
+        if 200 <= answer.status < 300:
+            return answer
+        raise self._failure(target, answer)
+
+    async def _send_once(
+        self,
+        target: Target,
+        event: Event,
+        payload: dict[str, Any],
+        file: tuple[str, bytes, str] | None,
+        *,
+        edit: bool,
+    ) -> Answer:
+        await self.pacer.slot(target.key)
+        await self.buckets.wait(GLOBAL, self.pacer.max_wait)
+        await self.buckets.wait(target.key, self.pacer.max_wait)
+        method, url, headers = self._request(target, edit=edit)
+        body = {**payload, "allowed_mentions": {"parse": []}}  # a prompt pings nobody
+        try:
+            if file is None:
+                response = await self._client().request(method, url, json=body, headers=headers)
+            else:
+                response = await self._client().request(
+                    method,
+                    url,
+                    headers=headers,
+                    data={"payload_json": json.dumps(body)},
+                    files={"files[0]": file},
+                )
+        except httpx.HTTPError as exc:
+            said = redact_text(discord_api.redact_webhook_tokens(str(exc)))
+            if target.token:
+                said = said.replace(target.token, "…")
+            raise DiscordError(f"{target.where}: {type(exc).__name__}: {said}") from None
+        answer = Answer.of(response)
+        wait = answer.exhausted_for()
+        if wait is not None:
+            self.buckets.hold(target.key, wait)
+        log.debug("task %s: %s answered %d", event.task_id, target.where, answer.status)
+        return answer
+
+    def _failure(self, target: Target, answer: Answer) -> Exception:
+        """The exception an error answer becomes (see the module's docstring)."""
+        where, status = target.where, answer.status
+        if status == 429:
+            wait = answer.retry_after()
+            self.buckets.hold(GLOBAL if answer.global_limit else target.key, wait)
+            self.pacer.hold(target.key, wait)
+            if target.expires_at is not None and time.time() + wait > target.expires_at:
+                return PermanentError(
+                    f"{where} is rate limited for {wait:.1f} s, past the end of its "
+                    "15 minutes: its reply can no longer be sent"
+                )
+            return RateLimited(
+                f"{where}: rate limited ({answer.scope}), retry after {wait:.2f} s", wait
+            )
+        if status >= 500:
+            asked = answer.headers.get("retry-after")
+            seconds = discord_api.seconds_in(asked) if asked else None
+            return handlers.RetryLater(f"{where} answered {answer.reason}", seconds)
+        if status == 401 and target.channel_id is not None:
+            return DiscordConfigError(
+                f"Discord refused DISCORD_BOT_TOKEN ({answer.reason}): check the bot's token"
+            )
+        if answer.code == discord_api.INVALID_WEBHOOK_TOKEN or status == 401:
+            return PermanentError(
+                f"{where} refused its token ({answer.reason}): it is wrong or expired "
+                "(an interaction's token lasts 15 minutes)"
+            )
+        hint = {
+            discord_api.UNKNOWN_CHANNEL: ": no such channel, or the bot is not in its server",
+            discord_api.UNKNOWN_WEBHOOK: ": no such application, or the interaction is gone",
+            discord_api.MISSING_ACCESS: ": the bot cannot see this channel",
+            discord_api.MISSING_PERMISSIONS: (
+                ": the bot needs View Channel, Send Messages and Attach Files there"
+            ),
+        }.get(answer.code or -1, "")
+        return PermanentError(f"{where} refused it: {answer.reason}{hint}")
+
+
+_default = DiscordSender()
+
+
+async def send(event: Event) -> None:
+    """The handler: send ``event`` to Discord with the ``DISCORD_*`` settings of this process."""
+    await _default.send(event)
