@@ -38,7 +38,6 @@ Everything sent is recorded: ``requests`` (method, path, query, part names) and 
 from __future__ import annotations
 
 import itertools
-import json
 import math
 import secrets
 import threading
@@ -49,42 +48,27 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from starlette.applications import Starlette
-from starlette.datastructures import UploadFile
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from tests.fakes.discord_bodies import (
+    Attachment,
+    Body,
+    Message,
+    Recorded,
+    Refusal,
+    check_body,
+    message_json,
+    read_body,
+)
 from tests.servers import serve
 
 API_PREFIX = "/api/v10"
 FILE_LIMIT = 10 * 1024 * 1024  # "The default limit is 10 MiB for all users"
-CONTENT_LIMIT = 2000
 INTERACTION_TTL = 15 * 60.0
 DISCORD_EPOCH_MS = 1_420_070_400_000
 TRUE_QUERY = ("True", "true", "1")
-
-
-@dataclass
-class Attachment:
-    id: str
-    filename: str
-    content_type: str | None
-    data: bytes
-    part: str
-    """The multipart part's name (``files[0]``, or what the client chose)."""
-
-
-@dataclass
-class Message:
-    id: str
-    channel_id: str
-    content: str
-    attachments: list[Attachment] = field(default_factory=list)
-    webhook_id: str | None = None
-    interaction: bool = False
-    deferred: bool = False
-    """An interaction's original response still "thinking" (a deferred reply, not edited)."""
-    edits: int = 0
 
 
 @dataclass
@@ -103,17 +87,6 @@ class Webhook:
     expires_at: float | None = None
     """For an interaction's webhook (its id is the application's): when its token dies."""
     original: Message | None = None
-
-
-@dataclass
-class Recorded:
-    method: str
-    path: str
-    query: dict[str, str]
-    authorization: str | None
-    parts: list[tuple[str, str | None]]
-    """Each multipart part's (name, filename); empty for a JSON body."""
-    status: int = 0
 
 
 @dataclass
@@ -256,8 +229,8 @@ class FakeDiscord:
     def _error(self, recorded: Recorded, status: int, message: str, code: int) -> Response:
         return self._answer(recorded, status, {"message": message, "code": code}, {})
 
-    async def _record(self, request: Request) -> tuple[Recorded, Any]:
-        """The request as recorded, and its parsed body: (payload, files) or an error."""
+    async def _record(self, request: Request) -> tuple[Recorded, Body | Refusal]:
+        """The request as recorded, and its parsed body (or why Discord would refuse it)."""
         recorded = Recorded(
             request.method,
             request.url.path,
@@ -266,65 +239,21 @@ class FakeDiscord:
             [],
         )
         self.requests.append(recorded)
-        kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if kind == "multipart/form-data":
-            form = await request.form(max_part_size=8 * 1024 * 1024)
-            payload: dict[str, Any] = {}
-            files: list[Attachment] = []
-            for name, value in form.multi_items():
-                if isinstance(value, UploadFile) and value.filename is not None:
-                    recorded.parts.append((name, value.filename))
-                    data = await value.read()
-                    files.append(Attachment("", value.filename, value.content_type, data, name))
-                    continue
-                recorded.parts.append((name, None))
-                text = value if isinstance(value, str) else (await value.read()).decode()
-                if name == "payload_json":
-                    try:
-                        parsed = json.loads(text)
-                    except ValueError:
-                        parsed = None
-                    if not isinstance(parsed, dict):
-                        return recorded, (400, "The request body contains invalid JSON.", 50109)
-                    payload.update(parsed)
-                else:
-                    payload[name] = text  # form fields (content, tts) as the docs' first example
-            return recorded, (payload, files)
-        raw = await request.body()
-        try:
-            parsed = json.loads(raw) if raw else {}
-        except ValueError:
-            parsed = None
-        if not isinstance(parsed, dict):
-            return recorded, (400, "The request body contains invalid JSON.", 50109)
-        return recorded, (parsed, [])
+        return recorded, await read_body(request, recorded)
 
-    def _check_body(self, payload: dict[str, Any], files: list[Attachment], *, edit: bool) -> Any:
-        """None when Discord would take this body, else (status, body)."""
-        for file in files:
-            if len(file.data) > self.file_limit:
-                return 413, {"message": "Request entity too large", "code": 40005}
-        content = payload.get("content")
-        if content is not None and not isinstance(content, str):
-            return 400, _form_error("content", "BASE_TYPE_STRING", "Must be a string.")
-        if isinstance(content, str) and len(content) > CONTENT_LIMIT:
-            return 400, _form_error(
-                "content", "BASE_TYPE_MAX_LENGTH", f"Must be {CONTENT_LIMIT} or fewer in length."
-            )
-        if not edit and not content and not files and not payload.get("embeds"):
-            return 400, {"message": "Cannot send an empty message", "code": 50006}
-        return None
-
-    def _new_files(self, payload: dict[str, Any], files: list[Attachment]) -> list[Attachment]:
+    def _new_files(self, body: Body) -> list[Attachment]:
+        """The body's files, named as its ``attachments`` say, with ids of their own."""
         described = {
-            str(a.get("id")): a for a in payload.get("attachments") or [] if isinstance(a, dict)
+            str(a.get("id")): a
+            for a in body.payload.get("attachments") or []
+            if isinstance(a, dict)
         }
-        for file in files:
+        for file in body.files:
             index = file.part.removeprefix("files[").removesuffix("]")
             if file.part.startswith("files[") and index in described:
                 file.filename = str(described[index].get("filename") or file.filename)
             file.id = self.snowflake()
-        return files
+        return body.files
 
     async def _create_message(self, request: Request) -> Response:
         recorded, parsed = await self._record(request)
@@ -390,21 +319,18 @@ class FakeDiscord:
         refused, headers = self._limited(recorded, key)
         if refused is not None:
             return refused
-        if isinstance(parsed[0], int):
-            return self._answer(recorded, parsed[0], {"message": parsed[1], "code": parsed[2]},
-                                headers)  # fmt: skip
-        payload, files = parsed
-        problem = self._check_body(payload, files, edit=False)
+        problem = parsed if isinstance(parsed, Refusal) else check_body(parsed, self.file_limit)
         if problem is not None:
-            return self._answer(recorded, problem[0], problem[1], headers)
+            return self._answer(recorded, problem.status, problem.body, headers)
+        assert isinstance(parsed, Body)
         message = Message(
-            self.snowflake(), channel.id, payload.get("content") or "",
-            self._new_files(payload, files), webhook_id=hook.id if hook else None,
+            self.snowflake(), channel.id, parsed.payload.get("content") or "",
+            self._new_files(parsed), webhook_id=hook.id if hook else None,
         )  # fmt: skip
         channel.messages.append(message)
         if not wait:
             return self._answer(recorded, 204, None, headers)
-        return self._answer(recorded, 200, _message_json(message), headers)
+        return self._answer(recorded, 200, message_json(message), headers)
 
     async def _edit(self, request: Request) -> Response:
         recorded, parsed = await self._record(request)
@@ -425,53 +351,24 @@ class FakeDiscord:
         if message is None:
             return self._answer(recorded, 404, {"message": "Unknown Message", "code": 10008},
                                 headers)  # fmt: skip
-        if isinstance(parsed[0], int):
-            return self._answer(recorded, parsed[0], {"message": parsed[1], "code": parsed[2]},
-                                headers)  # fmt: skip
-        payload, files = parsed
-        problem = self._check_body(payload, files, edit=True)
+        problem = (
+            parsed
+            if isinstance(parsed, Refusal)
+            else check_body(parsed, self.file_limit, edit=True)
+        )
         if problem is not None:
-            return self._answer(recorded, problem[0], problem[1], headers)
+            return self._answer(recorded, problem.status, problem.body, headers)
+        assert isinstance(parsed, Body)
+        payload = parsed.payload
         if "content" in payload:
             message.content = payload["content"] or ""
         if isinstance(payload.get("attachments"), list):
             keep = {str(a.get("id")) for a in payload["attachments"] if isinstance(a, dict)}
             message.attachments = [a for a in message.attachments if a.id in keep]
-        message.attachments += self._new_files(payload, files)
+        message.attachments += self._new_files(parsed)
         message.deferred = False
         message.edits += 1
-        return self._answer(recorded, 200, _message_json(message), headers)
-
-
-def _form_error(key: str, code: str, message: str) -> dict[str, Any]:
-    """Discord's ``Invalid Form Body`` (reference.mdx, "Error Messages")."""
-    return {
-        "code": 50035,
-        "errors": {key: {"_errors": [{"code": code, "message": message}]}},
-        "message": "Invalid Form Body",
-    }
-
-
-def _message_json(message: Message) -> dict[str, Any]:
-    return {
-        "id": message.id,
-        "type": 20 if message.interaction else 0,
-        "channel_id": message.channel_id,
-        "content": message.content,
-        "webhook_id": message.webhook_id,
-        "attachments": [
-            {
-                "id": a.id,
-                "filename": a.filename,
-                "size": len(a.data),
-                "content_type": a.content_type,
-                "url": f"https://cdn.discordapp.invalid/attachments/{a.id}/{a.filename}",
-            }
-            for a in message.attachments
-        ],
-        "embeds": [],
-        "flags": 0,
-    }
+        return self._answer(recorded, 200, message_json(message), headers)
 
 
 @contextmanager
