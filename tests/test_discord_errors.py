@@ -57,14 +57,17 @@ def test_a_global_429_holds_every_channel(tmp_path: Path) -> None:
         s.fake.rate_limit_next(1, retry_after=1.5, scope="global")
         s.finish("t-g1", {"discord_channel_id": first.id})
         eventually(lambda: len(s.fake.requests) == 1)
-        limited_at = time.monotonic()
         s.finish("t-g2", {"discord_channel_id": second.id})
         s.settled("t-g1", JobState.DONE)
         s.settled("t-g2", JobState.DONE)
-        sent_second = next(m for m in second.messages)
-    assert sent_second.attachments
-    assert [r.status for r in s.fake.requests] == [429, 200, 200]
-    assert time.monotonic() - limited_at >= 1.3  # the other channel waited too
+    limited, *after = s.fake.requests
+    assert [r.status for r in (limited, *after)] == [429, 200, 200]
+    assert {r.path for r in after} == {
+        f"/api/v10/channels/{c.id}/messages" for c in (first, second)
+    }
+    assert all(r.at - limited.at >= 1.4 for r in after)  # the other channel waited too
+    assert first.messages[0].attachments
+    assert second.messages[0].attachments
 
 
 @pytest.mark.parametrize(

@@ -6,6 +6,7 @@ answers with. Sources: discord-api-docs ``reference.mdx`` ("Uploading Files", "E
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,6 +49,8 @@ class Recorded:
     parts: list[tuple[str, str | None]]
     """Each multipart part's (name, filename); empty for a JSON body."""
     status: int = 0
+    at: float = field(default_factory=time.monotonic)
+    """When it came (``time.monotonic``)."""
 
 
 @dataclass
