@@ -105,6 +105,29 @@ def test_a_wrong_bot_token_is_dead_and_says_which_setting(tmp_path: Path) -> Non
     assert s.fake.invalid_requests == 1
 
 
+def test_what_discord_refused_for_good_is_not_asked_again(tmp_path: Path) -> None:
+    """No retry storm across jobs either: a refused bot token, and an unknown channel, cost one
+    request each, however many events follow."""
+    with scene(tmp_path) as s:
+        for n in range(3):
+            s.finish(f"t-gone-{n}", {"discord_channel_id": "1234567890123"})
+        jobs = [s.settled(f"t-gone-{n}", JobState.DEAD) for n in range(3)]
+        assert len(s.fake.requests) == 1
+        s.fake.bot_token = "rotated-elsewhere"
+        channels = [s.fake.channel() for _ in range(3)]
+        for n, channel in enumerate(channels):
+            s.finish(f"t-bot-{n}", {"discord_channel_id": channel.id})
+        refused = [s.settled(f"t-bot-{n}", JobState.DEAD) for n in range(3)]
+    assert [r.status for r in s.fake.requests] == [404, 401]
+    assert s.fake.invalid_requests == 1
+    for job in jobs + refused:
+        assert job.attempts == 1
+        assert job.last_error is not None
+    assert all("Unknown Channel (code 10003)" in (j.last_error or "") for j in jobs)
+    assert all("DISCORD_BOT_TOKEN" in (j.last_error or "") for j in refused)
+    assert sum("not asked again" in (j.last_error or "") for j in jobs + refused) == 4
+
+
 def test_an_expired_interaction_is_dead_with_that_reason(tmp_path: Path) -> None:
     with scene(tmp_path, interaction_ttl=0.2) as s:
         channel = s.fake.channel()

@@ -26,7 +26,9 @@ Answers (``topics/rate-limits.mdx``, ``topics/opcodes-and-status-codes.mdx``)::
     429            RateLimited(retry_after): queued again, no attempt used; the channel (or,
                    for a global limit, every send of this process) is held that long
     401, 403, 404  PermanentError with Discord's message and code: dead at once. Discord bans
-    other 4xx      an address after 10,000 invalid requests in 10 minutes: never a retry storm
+    other 4xx      an address after 10,000 invalid requests in 10 minutes: never a retry storm;
+                   a refused bot token (for the process), an unknown channel (10 minutes) and a
+                   refused interaction token are not asked about again
     5xx            RetryLater (Retry-After when given): retried
     no answer      DiscordError: retried
 
@@ -67,6 +69,10 @@ INTERACTION_MARGIN = 5.0
 DISCORD_EPOCH_MS = 1_420_070_400_000
 #: The bucket of Discord's global limit (50 requests a second per bot): a 429 on it holds all.
 GLOBAL = "discord:global"
+#: The refusal of ``DISCORD_BOT_TOKEN`` (read once per process: only a restart changes it).
+BOT = "discord:bot"
+#: How long an unknown channel is not asked about again.
+UNKNOWN_FOR_SECONDS = 600.0
 _SNOWFLAKE = re.compile(r"[0-9]{1,20}")
 _TOKEN = re.compile(r"[A-Za-z0-9_.-]{1,500}")
 _EXTENSIONS = {"image/jpeg": "jpg", "image/png": "png", "image/webp": "webp", "image/gif": "gif"}
@@ -220,6 +226,8 @@ class DiscordSender:
         self.pacer = Pacer(1.0)
         #: Discord's own word on when to send again, per channel / interaction and ``GLOBAL``.
         self.buckets = discord_api.Buckets()
+        #: What Discord refused for good (a bot token, a gone channel): not asked again.
+        self.refusals = discord_api.Refusals()
 
     @property
     def settings(self) -> DiscordSettings:
@@ -312,6 +320,10 @@ class DiscordSender:
         *,
         edit: bool,
     ) -> Answer:
+        for key in (BOT, target.key) if target.channel_id is not None else (target.key,):
+            known = self.refusals.reason(key)
+            if known is not None:
+                raise PermanentError(f"{known} (Discord said so before: not asked again)")
         await self.pacer.slot(target.key)
         await self.buckets.wait(GLOBAL, self.pacer.max_wait)
         await self.buckets.wait(target.key, self.pacer.max_wait)
@@ -360,14 +372,16 @@ class DiscordSender:
             seconds = discord_api.seconds_in(asked) if asked else None
             return handlers.RetryLater(f"{where} answered {answer.reason}", seconds)
         if status == 401 and target.channel_id is not None:
-            return DiscordConfigError(
-                f"Discord refused DISCORD_BOT_TOKEN ({answer.reason}): check the bot's token"
-            )
+            said = f"Discord refused DISCORD_BOT_TOKEN ({answer.reason}): check the bot's token"
+            self.refusals.remember(BOT, said, float("inf"))
+            return DiscordConfigError(said)
         if answer.code == discord_api.INVALID_WEBHOOK_TOKEN or status == 401:
-            return PermanentError(
+            said = (
                 f"{where} refused its token ({answer.reason}): it is wrong or expired "
                 "(an interaction's token lasts 15 minutes)"
             )
+            self.refusals.remember(target.key, said, INTERACTION_TTL)
+            return PermanentError(said)
         hint = {
             discord_api.UNKNOWN_CHANNEL: ": no such channel, or the bot is not in its server",
             discord_api.UNKNOWN_WEBHOOK: ": no such application, or the interaction is gone",
@@ -376,7 +390,10 @@ class DiscordSender:
                 ": the bot needs View Channel, Send Messages and Attach Files there"
             ),
         }.get(answer.code or -1, "")
-        return PermanentError(f"{where} refused it: {answer.reason}{hint}")
+        said = f"{where} refused it: {answer.reason}{hint}"
+        if answer.code in (discord_api.UNKNOWN_CHANNEL, discord_api.UNKNOWN_WEBHOOK):
+            self.refusals.remember(target.key, said, UNKNOWN_FOR_SECONDS)
+        return PermanentError(said)
 
 
 _default = DiscordSender()

@@ -155,3 +155,24 @@ class Buckets:
             raise RateLimited(f"Discord's bucket for {key} refills in {wait:.1f} s", wait)
         if wait > 0:
             await asyncio.sleep(wait)
+
+
+class Refusals:
+    """Refusals that no retry soon can change (a bot token refused, a channel or an
+    interaction gone): asked once, then given again without a request, because Discord bans an
+    address after 10,000 invalid requests in 10 minutes and asks that a webhook which answered
+    404 not be used again (``topics/rate-limits.mdx``)."""
+
+    def __init__(self) -> None:
+        self._until: dict[str, tuple[float, str]] = {}
+
+    def remember(self, key: str, reason: str, seconds: float) -> None:
+        now = time.monotonic()
+        if len(self._until) >= MAX_BUCKETS:
+            self._until = {k: v for k, v in self._until.items() if v[0] > now}
+        self._until[key] = (now + seconds, reason)
+
+    def reason(self, key: str) -> str | None:
+        """Why ``key`` was refused, while that is remembered; else None."""
+        until, reason = self._until.get(key, (0.0, ""))
+        return reason if until > time.monotonic() else None
