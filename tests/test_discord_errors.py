@@ -16,6 +16,7 @@ from click.testing import CliRunner
 from receiver.cli import main
 from receiver.integrations import discord, discord_api
 from receiver.integrations.discord import DiscordSender, load_settings
+from receiver.integrations.discord_target import Target
 from receiver.store.base import JobState
 from tests.discord_scene import APP_ID, BOT_TOKEN, HANDLER, Scene, interaction_metadata, scene
 from tests.fakes.discord import DISCORD_EPOCH_MS, Channel, fake_discord
@@ -280,7 +281,7 @@ def test_no_token_in_any_log_line_error_or_show(
 
 
 def test_the_pacing_key_and_errors_never_hold_the_token() -> None:
-    target = discord.Target(application_id=APP_ID, token="secret-token-value")
+    target = Target(application_id=APP_ID, token="secret-token-value")
     assert "secret-token-value" not in target.key
     assert "secret-token-value" not in target.where
     line = "HTTP Request: PATCH http://h/api/v10/webhooks/1/abc.DEF-_/messages/@original"

@@ -37,12 +37,10 @@ Sends are paced at one a second per channel and per interaction (``pacing.Pacer`
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import re
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -52,10 +50,11 @@ from pydantic_settings import SettingsConfigDict
 from receiver import handlers
 from receiver.envfile import UpwardEnvSettings
 from receiver.events import Event
-from receiver.handlers import PermanentError, RateLimited, Skipped
+from receiver.handlers import PermanentError, RateLimited
 from receiver.integrations import discord_api
-from receiver.integrations.common import LoopClients, caption, cut, optional, outcome_text
+from receiver.integrations.common import LoopClients, caption, cut, outcome_text
 from receiver.integrations.discord_api import Answer
+from receiver.integrations.discord_target import INTERACTION_TTL, Target, target_of
 from receiver.integrations.pacing import Pacer
 from receiver.redact import redact_text
 
@@ -63,18 +62,12 @@ log = logging.getLogger("receiver.integrations.discord")
 
 CONTENT_LIMIT = 2000
 FILE_LIMIT = 10 * 1024 * 1024  # "The default limit is 10 MiB for all users" (reference.mdx)
-INTERACTION_TTL = 15 * 60.0
-#: Margin kept before an interaction token's end: a send started later may not make it.
-INTERACTION_MARGIN = 5.0
-DISCORD_EPOCH_MS = 1_420_070_400_000
 #: The bucket of Discord's global limit (50 requests a second per bot): a 429 on it holds all.
 GLOBAL = "discord:global"
 #: The refusal of ``DISCORD_BOT_TOKEN`` (read once per process: only a restart changes it).
 BOT = "discord:bot"
 #: How long an unknown channel is not asked about again.
 UNKNOWN_FOR_SECONDS = 600.0
-_SNOWFLAKE = re.compile(r"[0-9]{1,20}")
-_TOKEN = re.compile(r"[A-Za-z0-9_.-]{1,500}")
 _EXTENSIONS = {"image/jpeg": "jpg", "image/png": "png", "image/webp": "webp", "image/gif": "gif"}
 
 __all__ = ["DiscordConfigError", "DiscordError", "DiscordSender", "DiscordSettings", "send"]
@@ -127,77 +120,6 @@ def load_settings() -> DiscordSettings:
             for error in exc.errors()
         )
         raise DiscordConfigError(problems) from None
-
-
-@dataclass(frozen=True, slots=True)
-class Target:
-    """Where one event goes: a channel (as the bot) or an interaction's webhook."""
-
-    channel_id: str | None = None
-    application_id: str | None = None
-    token: str | None = None
-    expires_at: float | None = None
-    """When the interaction's token dies (Unix time), when its id was given."""
-
-    @property
-    def key(self) -> str:
-        """The pacing key: never the token itself, which is a credential."""
-        if self.channel_id is not None:
-            return f"discord:channel:{self.channel_id}"
-        digest = hashlib.sha256((self.token or "").encode()).hexdigest()[:16]
-        return f"discord:interaction:{self.application_id}:{digest}"
-
-    @property
-    def where(self) -> str:
-        """How errors and logs name the target (no token)."""
-        if self.channel_id is not None:
-            return f"Discord channel {self.channel_id}"
-        return f"the interaction of Discord application {self.application_id}"
-
-
-def _snowflake(event: Event, key: str) -> str | None:
-    value = optional(event, key)
-    if value is not None and not _SNOWFLAKE.fullmatch(str(value)):
-        raise PermanentError(f"{key} must be a Discord id (a snowflake: up to 20 digits)")
-    return None if value is None else str(value)
-
-
-def target_of(event: Event, now: float) -> Target:
-    """The event's ``Target`` from its metadata: ``Skipped`` when it names no Discord place,
-    ``PermanentError`` when what it names cannot be used (wrong types, half an interaction, an
-    interaction past its 15 minutes)."""
-    application = _snowflake(event, "discord_application_id")
-    token = optional(event, "discord_interaction_token")
-    if application is not None or token is not None:
-        if application is None or token is None:
-            raise PermanentError(
-                "discord_application_id and discord_interaction_token go together: "
-                "the metadata has only one"
-            )
-        if not _TOKEN.fullmatch(str(token)):
-            raise PermanentError(
-                "discord_interaction_token is not an interaction token "
-                "(up to 500 letters, digits, '-', '_', '.')"
-            )
-        interaction = _snowflake(event, "discord_interaction_id")
-        expires = None
-        if interaction is not None:
-            made = ((int(interaction) >> 22) + DISCORD_EPOCH_MS) / 1000
-            expires = made + INTERACTION_TTL
-            if now > expires - INTERACTION_MARGIN:
-                raise PermanentError(
-                    f"the interaction of Discord application {application} expired "
-                    f"{(now - made) / 60:.0f} minutes after it was made: Discord accepts its "
-                    "reply for 15 minutes"
-                )
-        return Target(application_id=application, token=str(token), expires_at=expires)
-    channel = _snowflake(event, "discord_channel_id")
-    if channel is None:
-        raise Skipped(
-            "no discord_channel_id or discord_application_id + discord_interaction_token "
-            "in the metadata"
-        )
-    return Target(channel_id=channel)
 
 
 def too_large_text(size: int) -> str:
@@ -325,39 +247,52 @@ class DiscordSender:
             if known is not None:
                 raise PermanentError(f"{known} (Discord said so before: not asked again)")
         await self.pacer.slot(target.key)
-        await self.buckets.wait(GLOBAL, self.pacer.max_wait)
-        await self.buckets.wait(target.key, self.pacer.max_wait)
+        # One request in flight per channel: the next one sees what this one's answer said.
+        async with self.buckets.one_at_a_time(target.key):
+            await self.buckets.wait(GLOBAL, self.pacer.max_wait)
+            await self.buckets.wait(target.key, self.pacer.max_wait)
+            answer = Answer.of(await self._request_once(target, payload, file, edit=edit))
+            if answer.status == 429:
+                self.buckets.hold(GLOBAL if answer.global_limit else target.key,
+                                  answer.retry_after())  # fmt: skip
+            else:
+                wait = answer.exhausted_for()
+                if wait is not None:
+                    self.buckets.hold(target.key, wait)
+        log.debug("task %s: %s answered %d", event.task_id, target.where, answer.status)
+        return answer
+
+    async def _request_once(
+        self,
+        target: Target,
+        payload: dict[str, Any],
+        file: tuple[str, bytes, str] | None,
+        *,
+        edit: bool,
+    ) -> httpx.Response:
         method, url, headers = self._request(target, edit=edit)
         body = {**payload, "allowed_mentions": {"parse": []}}  # a prompt pings nobody
         try:
             if file is None:
-                response = await self._client().request(method, url, json=body, headers=headers)
-            else:
-                response = await self._client().request(
-                    method,
-                    url,
-                    headers=headers,
-                    data={"payload_json": json.dumps(body)},
-                    files={"files[0]": file},
-                )
+                return await self._client().request(method, url, json=body, headers=headers)
+            return await self._client().request(
+                method,
+                url,
+                headers=headers,
+                data={"payload_json": json.dumps(body)},
+                files={"files[0]": file},
+            )
         except httpx.HTTPError as exc:
             said = redact_text(discord_api.redact_webhook_tokens(str(exc)))
             if target.token:
                 said = said.replace(target.token, "…")
             raise DiscordError(f"{target.where}: {type(exc).__name__}: {said}") from None
-        answer = Answer.of(response)
-        wait = answer.exhausted_for()
-        if wait is not None:
-            self.buckets.hold(target.key, wait)
-        log.debug("task %s: %s answered %d", event.task_id, target.where, answer.status)
-        return answer
 
     def _failure(self, target: Target, answer: Answer) -> Exception:
         """The exception an error answer becomes (see the module's docstring)."""
         where, status = target.where, answer.status
         if status == 429:
-            wait = answer.retry_after()
-            self.buckets.hold(GLOBAL if answer.global_limit else target.key, wait)
+            wait = answer.retry_after()  # the bucket is held already (_send_once)
             self.pacer.hold(target.key, wait)
             if target.expires_at is not None and time.time() + wait > target.expires_at:
                 return PermanentError(

@@ -11,6 +11,7 @@ import asyncio
 import logging
 import re
 import time
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -140,6 +141,18 @@ class Buckets:
 
     def __init__(self) -> None:
         self._until: dict[str, float] = {}
+        # Per loop: a lock cannot be shared by two loops (tests, asyncio.run per drain).
+        self._locks: weakref.WeakKeyDictionary[
+            asyncio.AbstractEventLoop, dict[str, asyncio.Lock]
+        ] = weakref.WeakKeyDictionary()
+
+    def one_at_a_time(self, key: str) -> asyncio.Lock:
+        """The lock that keeps one request to ``key`` in flight at a time."""
+        locks = self._locks.setdefault(asyncio.get_running_loop(), {})
+        if len(locks) >= MAX_BUCKETS:
+            for idle in [k for k, lock in locks.items() if not lock.locked()]:
+                del locks[idle]
+        return locks.setdefault(key, asyncio.Lock())
 
     def hold(self, key: str, seconds: float) -> None:
         until = time.monotonic() + max(0.0, seconds)
