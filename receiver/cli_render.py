@@ -6,6 +6,7 @@ controls escaped); only the labels written here are styled.
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict
@@ -22,6 +23,14 @@ from receiver.store.base import REFUSED
 
 #: Worst first: the order job states are summed up in.
 _STATE_ORDER = (JobState.DEAD, JobState.RUNNING, JobState.QUEUED, JobState.DONE)
+#: Metadata keys whose values are credentials (``discord_interaction_token``): never shown.
+_SECRET_KEY = re.compile(r"(token|secret|password)$", re.IGNORECASE)
+
+
+def hide_secret_metadata(metadata: dict[str, Any]) -> dict[str, Any]:
+    """``metadata`` with the values of its ``*token`` / ``*secret`` / ``*password`` keys
+    replaced by ``…``: a bot may hand a handler a credential that way."""
+    return {k: "…" if _SECRET_KEY.search(k) else v for k, v in metadata.items()}
 
 
 def console() -> Console:
@@ -73,6 +82,7 @@ def event_json(event: EventRecord, jobs: Sequence[Job] | None = None) -> dict[st
     # What BFL sent, minus the signatures of its sample URLs (a credential until they expire).
     for field in ("sample_url", "payload", "error"):
         data[field] = hide_queries(data[field])
+    data["metadata"] = hide_secret_metadata(event.metadata)
     data["status"] = event.status.value
     data["via"] = event.via.value
     if jobs is not None:
@@ -137,7 +147,8 @@ def print_event(
             )
         )
     if event.metadata:
-        out.print(Text("metadata: ").append_text(plain(dumps(event.metadata))))
+        shown = hide_secret_metadata(event.metadata)
+        out.print(Text("metadata: ").append_text(plain(dumps(shown))))
     for j in jobs:
         if _refused(j):
             # Said on a line of its own, not folded into the table: the one fix is a setting.
