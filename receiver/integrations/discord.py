@@ -242,13 +242,12 @@ class DiscordSender:
         *,
         edit: bool,
     ) -> Answer:
-        for key in (BOT, target.key) if target.channel_id is not None else (target.key,):
-            known = self.refusals.reason(key)
-            if known is not None:
-                raise PermanentError(f"{known} (Discord said so before: not asked again)")
         await self.pacer.slot(target.key)
         # One request in flight per channel: the next one sees what this one's answer said.
         async with self.buckets.one_at_a_time(target.key):
+            # Asked here, after the waits: a send paced behind one that Discord refused for
+            # good learns of it before asking again.
+            self._refused_before(target)
             await self.buckets.wait(GLOBAL, self.pacer.max_wait)
             await self.buckets.wait(target.key, self.pacer.max_wait)
             answer = Answer.of(await self._request_once(target, payload, file, edit=edit))
@@ -261,6 +260,12 @@ class DiscordSender:
                     self.buckets.hold(target.key, wait)
         log.debug("task %s: %s answered %d", event.task_id, target.where, answer.status)
         return answer
+
+    def _refused_before(self, target: Target) -> None:
+        for key in (BOT, target.key) if target.channel_id is not None else (target.key,):
+            known = self.refusals.reason(key)
+            if known is not None:
+                raise PermanentError(f"{known} (Discord said so before: not asked again)")
 
     async def _request_once(
         self,
