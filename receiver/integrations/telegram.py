@@ -67,6 +67,8 @@ DEFAULT_API_URL = "https://api.telegram.org"
 CAPTION_LIMIT = 1024
 #: Telegram's text limit for sendMessage / editMessageText.
 TEXT_LIMIT = 4096
+#: Telegram's ids fit in 52 bits: at most 16 digits (and a minus sign).
+MAX_ID_DIGITS = 16
 #: Waits on our own pace longer than this are not slept (RateLimited instead).
 MAX_PACE_WAIT_SECONDS = 10.0
 #: A 429 on deleting the progress message, after the photo went: waited inline up to this.
@@ -150,6 +152,19 @@ def photo_fits(data: bytes, limits: Limits) -> bool:
     return width + height <= limits.photo_max_sides and ratio <= limits.photo_max_ratio
 
 
+def _telegram_id(event: Event, key: str, *, required: bool = True) -> int | None:
+    """A chat or message id from the metadata (common.address's rules), within the 52 bits
+    Telegram's ids fit in: a longer one is a PermanentError, not a request Telegram refuses."""
+    raw = event.metadata.get(key)
+    if isinstance(raw, str) and len(raw.strip()) > MAX_ID_DIGITS + 1:
+        raise PermanentError(f"{key} is not a Telegram id: {len(raw)} characters long")
+    value = address(event, key, integer=True) if required else optional(event, key, integer=True)
+    assert value is None or isinstance(value, int)
+    if value is not None and abs(value) >= 2**52:
+        raise PermanentError(f"{key} is out of range for a Telegram id")
+    return value
+
+
 def _filename(content_type: str) -> str:
     subtype = content_type.split("/", 1)[-1].split(";", 1)[0].strip().lower()
     extension = {"jpeg": "jpg", "png": "png", "webp": "webp", "gif": "gif"}.get(subtype, "bin")
@@ -192,12 +207,10 @@ class Telegram:
 
     async def send(self, event: Event) -> None:
         """Send ``event``'s photo (or what happened) to its chat; see the module's docstring."""
-        chat = address(event, "telegram_chat_id", integer=True)
-        progress = optional(event, "telegram_message_id", integer=True)
-        reply_to = optional(event, "telegram_reply_to", integer=True)
-        assert isinstance(chat, int)
-        assert progress is None or isinstance(progress, int)
-        assert reply_to is None or isinstance(reply_to, int)
+        chat = _telegram_id(event, "telegram_chat_id")
+        progress = _telegram_id(event, "telegram_message_id", required=False)
+        reply_to = _telegram_id(event, "telegram_reply_to", required=False)
+        assert chat is not None
         api = self._api(chat)
         if event.image is None:
             await self._replace_with_text(api, progress, reply_to, outcome_text(event))
