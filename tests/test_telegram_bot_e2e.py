@@ -6,6 +6,7 @@ handled) before the submit returns, and it must not matter."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import signal
 import subprocess
@@ -24,6 +25,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from receiver.correlation import MAX_METADATA_BYTES, metadata_bytes
 from receiver.integrations.telegram import Telegram, TelegramSettings
 from sandbox import create_app
 from tests.fakes.telegram import Chat, FakeTelegram, fake_telegram
@@ -171,3 +173,24 @@ def test_imagine_reaches_a_photo_that_replaces_the_progress_message(tmp_path: Pa
     assert "Traceback" not in log
     assert fake.token.split(":", 1)[1] not in log
     assert "submitted task" in log
+
+
+def test_the_bots_caption_is_cut_so_the_metadata_fits_in_the_webhook_url() -> None:
+    spec = importlib.util.spec_from_file_location("telegram_bot", BOT)
+    assert spec is not None
+    assert spec.loader is not None
+    bot = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bot)
+    prompt = "ж" * bot.MAX_PROMPT_CHARS  # two bytes each: 2000 bytes, over the 1 KiB
+    meta = bot.metadata_for(-1001234567890, 41, 40, prompt)
+    assert len(metadata_bytes(meta)) <= MAX_METADATA_BYTES
+    assert meta["caption"].endswith("…")
+    assert prompt.startswith(meta["caption"][:-1])
+    assert len(meta["caption"]) > 400  # cut to fit, not cut away
+    short = bot.metadata_for(1, 2, 3, "a fox")
+    assert short == {
+        "telegram_chat_id": 1,
+        "telegram_message_id": 2,
+        "telegram_reply_to": 3,
+        "caption": "a fox",
+    }

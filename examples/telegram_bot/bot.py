@@ -138,6 +138,8 @@ def main() -> int:
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     redact.install()  # httpx logs each request URL, and the token is in its path
+    for handler in logging.getLogger().handlers:  # and any other logger that prints one
+        handler.addFilter(redact.RedactURLs())
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per long poll otherwise
     token = os.environ.get("TELEGRAM_BOT_TOKEN", "").strip()
     if not token:
