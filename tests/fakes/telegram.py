@@ -23,7 +23,6 @@ request, for tests to read from their own thread, and queues user messages for `
 from __future__ import annotations
 
 import asyncio
-import io
 import itertools
 import json
 import re
@@ -31,99 +30,39 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from typing import Any
 
-from PIL import Image
 from starlette.applications import Starlette
-from starlette.datastructures import UploadFile
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from tests.fakes.telegram_parts import (
+    ApiError,
+    Call,
+    Chat,
+    Message,
+    Scripted,
+    Upload,
+    dimensions,
+    error_response,
+    parse_call,
+    utf16_len,
+)
 from tests.servers import serve
+
+__all__ = ["ApiError", "Call", "Chat", "FakeTelegram", "Message", "Upload", "fake_telegram"]
 
 PHOTO_MAX_BYTES = 10_000_000
 DOCUMENT_MAX_BYTES = 50_000_000
+PHOTO_MAX_SIDES = 10_000
+PHOTO_MAX_RATIO = 20
 CAPTION_LIMIT = 1024
 TEXT_LIMIT = 4096
 MAX_POLL_SECONDS = 10.0
 """getUpdates' long poll is cut to this (the real one allows 50 s)."""
 
 _TOKEN = re.compile(r"\d+:[A-Za-z0-9_-]+")
-
-
-def utf16_len(text: str) -> int:
-    return len(text.encode("utf-16-le")) // 2
-
-
-class ApiError(Exception):
-    """An answer with ``ok: false``."""
-
-    def __init__(self, code: int, description: str, **parameters: Any) -> None:
-        super().__init__(description)
-        self.code = code
-        self.description = description
-        self.parameters = parameters
-
-
-@dataclass
-class Upload:
-    filename: str
-    content_type: str
-    data: bytes
-
-
-@dataclass
-class Message:
-    message_id: int
-    chat_id: int
-    date: int
-    from_bot: bool
-    text: str | None = None
-    caption: str | None = None
-    photo: Upload | None = None
-    document: Upload | None = None
-    reply_to: int | None = None
-    edited: int = 0
-    deleted: bool = False
-
-    @property
-    def kind(self) -> str:
-        return "photo" if self.photo else "document" if self.document else "text"
-
-
-@dataclass
-class Chat:
-    id: int
-    type: str
-    messages: list[Message] = field(default_factory=list)
-    blocked: bool = False
-    migrated_to: int | None = None
-
-    def visible(self) -> list[Message]:
-        """The messages still in the chat, in order."""
-        return [m for m in self.messages if not m.deleted]
-
-
-@dataclass
-class Call:
-    """One request as received: the method, its fields (files apart) and content type."""
-
-    method: str
-    token: str
-    content_type: str
-    fields: dict[str, Any]
-    files: dict[str, Upload]
-    at: float
-
-
-@dataclass
-class Scripted:
-    code: int
-    description: str
-    parameters: dict[str, Any]
-    method: str | None
 
 
 class FakeTelegram:
@@ -210,9 +149,9 @@ class FakeTelegram:
     async def _endpoint(self, request: Request) -> Response:
         token, method = request.path_params["token"], request.path_params["method"]
         try:
-            fields, files = await _parse(request)
+            fields, files = await parse_call(request)
         except ValueError as exc:
-            return _error(ApiError(400, f"Bad Request: {exc}"))
+            return error_response(ApiError(400, f"Bad Request: {exc}"))
         self.calls.append(
             Call(method, token, request.headers.get("content-type", ""), fields, files, time.time())
         )
@@ -229,7 +168,7 @@ class FakeTelegram:
             if asyncio.iscoroutine(result):
                 result = await result
         except ApiError as exc:
-            return _error(exc)
+            return error_response(exc)
         return JSONResponse({"ok": True, "result": result})
 
     def _scripted(self, method: str) -> None:
@@ -312,7 +251,7 @@ class FakeTelegram:
                 "file_size": len(upload.data),
             }
             if message.photo is not None:
-                width, height = _dimensions(upload.data) or (0, 0)
+                width, height = dimensions(upload.data) or (0, 0)
                 body["photo"] = [file | {"width": width, "height": height}]
             else:
                 body["document"] = file | {
@@ -361,11 +300,14 @@ class FakeTelegram:
         upload = self._upload(fields, files, "photo")
         if len(upload.data) > PHOTO_MAX_BYTES:
             raise ApiError(400, "Bad Request: file is too big")
-        size = _dimensions(upload.data)
+        size = dimensions(upload.data)
         if size is None:
             raise ApiError(400, "Bad Request: IMAGE_PROCESS_FAILED")
         width, height = size
-        if width + height > 10_000 or max(width, height) / max(1, min(width, height)) > 20:
+        if (
+            width + height > PHOTO_MAX_SIDES
+            or max(width, height) / max(1, min(width, height)) > PHOTO_MAX_RATIO
+        ):
             raise ApiError(400, "Bad Request: PHOTO_INVALID_DIMENSIONS")
         caption, reply_to = self._caption(fields), self._reply_to(chat, fields)
         message = self._add(chat, from_bot=True, photo=upload, caption=caption, reply_to=reply_to)
@@ -429,53 +371,6 @@ class FakeTelegram:
             if ready or time.monotonic() >= deadline:
                 return ready
             await asyncio.sleep(0.02)
-
-
-def _dimensions(data: bytes) -> tuple[int, int] | None:
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            width, height = image.size
-            return int(width), int(height)
-    except (OSError, ValueError, Image.DecompressionBombError):
-        return None
-
-
-def _error(exc: ApiError) -> Response:
-    body: dict[str, Any] = {
-        "ok": False,
-        "error_code": exc.code,
-        "description": exc.description,
-    }
-    if exc.parameters:
-        body["parameters"] = exc.parameters
-    return JSONResponse(body, status_code=exc.code)
-
-
-async def _parse(request: Request) -> tuple[dict[str, Any], dict[str, Upload]]:
-    """The call's fields and uploads, from the query and a JSON, urlencoded or multipart body."""
-    fields: dict[str, Any] = dict(request.query_params)
-    files: dict[str, Upload] = {}
-    content_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
-    if request.method == "GET" or content_type == "":
-        return fields, files
-    if content_type == "application/json":
-        try:
-            body = json.loads(await request.body() or b"{}")
-        except ValueError:
-            raise ValueError("can't parse JSON object") from None
-        if not isinstance(body, dict):
-            raise ValueError("can't parse JSON object")
-        return fields | body, files
-    if content_type in ("application/x-www-form-urlencoded", "multipart/form-data"):
-        form = await request.form(max_files=10, max_fields=100, max_part_size=60_000_000)
-        for name, value in form.multi_items():
-            if isinstance(value, UploadFile):
-                data = await value.read()
-                files[name] = Upload(value.filename or "", value.content_type or "", data)
-            else:
-                fields[name] = value
-        return fields, files
-    raise ValueError(f"unsupported content type {content_type}")
 
 
 @contextmanager
