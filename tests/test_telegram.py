@@ -270,6 +270,22 @@ def test_a_progress_message_already_gone_is_not_a_failure(tmp_path: Path) -> Non
     assert kinds == ["photo", "text"]  # the failure went as a new message
 
 
+def test_a_failed_delete_after_the_photo_does_not_send_it_twice(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    with world(tmp_path) as (fake, delivery, settings, r):
+        progress = fake.post_as_bot(CHAT, "Generating…")
+        fake.fail_next(2, 500, "Internal Server Error", method="deleteMessage")
+        meta = {"telegram_chat_id": CHAT, "telegram_message_id": progress.message_id}
+        ready(r, "t-undeleted", delivery.add("a.jpg"), meta)
+        job = settled(settings, "t-undeleted", JobState.DONE)
+    assert job.attempts == 1
+    assert len(fake.calls_to("sendPhoto")) == 1
+    assert [m.kind for m in fake.chats[CHAT].visible()] == ["text", "photo"]
+    assert any("progress message" in m and "not deleted" in m for m in caplog.messages)
+
+
 def test_a_429_is_waited_out_without_using_an_attempt(tmp_path: Path) -> None:
     with world(tmp_path, max_attempts=1) as (fake, delivery, settings, r):
         fake.rate_limit_next(2, retry_after=1, method="sendPhoto")

@@ -47,7 +47,14 @@ from pydantic_settings import SettingsConfigDict
 from receiver.envfile import UpwardEnvSettings
 from receiver.events import Event
 from receiver.handlers import PermanentError, RateLimited
-from receiver.integrations.common import LoopClients, address, caption, optional, outcome_text
+from receiver.integrations.common import (
+    LoopClients,
+    address,
+    caption,
+    cut,
+    optional,
+    outcome_text,
+)
 from receiver.integrations.pacing import Pacer
 from receiver.integrations.telegram_api import (
     BotAPI,
@@ -264,7 +271,7 @@ class Telegram:
     ) -> None:
         """Edit the progress message into ``text``; send it as a new message when there is
         none or it cannot be edited."""
-        text = text[:TEXT_LIMIT]
+        text = cut(text, TEXT_LIMIT, utf16=True)
         if progress is not None:
             try:
                 fields = {"chat_id": api.chat, "message_id": progress, "text": text}
