@@ -55,6 +55,7 @@ bench: install
 	$(BIN)/python bench/decode.py
 	$(BIN)/python bench/slowloris.py
 	$(BIN)/python bench/faults.py
+	$(BIN)/python bench/chat_latency.py
 
 clean:
 	rm -rf $(VENV) data .mypy_cache .ruff_cache

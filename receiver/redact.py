@@ -4,6 +4,9 @@ A BFL sample URL is a bearer credential until it expires: its query (``se=…&si
 signature. httpx logs every request URL at INFO, and httpcore's DEBUG trace prints response
 headers, among them a redirect's ``Location``. ``install()`` puts a filter on those loggers that
 rewrites every URL in a record to ``scheme://host/path?…`` before any handler sees it.
+
+A Telegram bot token travels in the URL's *path* (``/bot123456:ABC…/sendPhoto``), so a path
+segment ``bot<digits>:<token>`` is elided too, to ``/bot…``, in URLs and in bare paths alike.
 """
 
 from __future__ import annotations
@@ -31,6 +34,10 @@ ACCESS_LOGGER = "uvicorn.access"
 _URL = re.compile(r"""[A-Za-z][A-Za-z0-9+.-]*://[^\s'"<>]+""")
 # A query left without a scheme and host (a relative redirect, ``/x?se=…&sig=…``).
 _QUERY = re.compile(r"""\?[^\s'"<>?]*=[^\s'"<>]*""")
+# A Telegram Bot API token in a path: ``/bot<bot id>:<secret>`` (the secret is [A-Za-z0-9_-];
+# anything up to the next separator goes, so a token of another shape is elided whole).
+_BOT_TOKEN = re.compile(r"""/bot\d+:[^/\s'"<>?#]*""")
+BOT_TOKEN_ELIDED = "/bot…"  # noqa: S105 - what replaces a token, not one
 
 
 def redact_url(url: str) -> str:
@@ -40,17 +47,20 @@ def redact_url(url: str) -> str:
         host = parts.hostname or ""
         port = parts.port
     except ValueError:
-        return url.split("?", 1)[0].split("#", 1)[0] + ELIDED
+        return _BOT_TOKEN.sub(BOT_TOKEN_ELIDED, url.split("?", 1)[0].split("#", 1)[0]) + ELIDED
     if ":" in host:
         host = f"[{host}]"
     netloc = f"{host}:{port}" if port is not None else host
     tail = ELIDED if parts.query or "?" in url else ""
-    return f"{parts.scheme}://{netloc}{parts.path}{tail}"
+    path = _BOT_TOKEN.sub(BOT_TOKEN_ELIDED, parts.path)
+    return f"{parts.scheme}://{netloc}{path}{tail}"
 
 
 def redact_text(text: str) -> str:
-    """``text`` with every URL in it redacted, and any bare ``?key=value`` query elided."""
-    return _QUERY.sub(ELIDED, _URL.sub(lambda m: redact_url(m.group(0)), text))
+    """``text`` with every URL in it redacted, any bare ``?key=value`` query elided, and any
+    ``/bot<token>`` path segment (a Telegram bot token) elided, inside a URL or not."""
+    text = _QUERY.sub(ELIDED, _URL.sub(lambda m: redact_url(m.group(0)), text))
+    return _BOT_TOKEN.sub(BOT_TOKEN_ELIDED, text)
 
 
 class RedactURLs(logging.Filter):

@@ -175,3 +175,34 @@ def _answers(url: str) -> bool:
         return httpx.get(url + "/healthz", timeout=1).status_code == 200
     except httpx.HTTPError:
         return False
+@pytest.mark.parametrize(
+    ("text", "redacted"),
+    [
+        (
+            'POST https://api.telegram.org/bot123456:AAH-x_9/sendPhoto "HTTP/1.1 200 OK"',
+            'POST https://api.telegram.org/bot…/sendPhoto "HTTP/1.1 200 OK"',
+        ),
+        ("http://127.0.0.1:81/bot42:t/getMe?offset=3", "http://127.0.0.1:81/bot…/getMe?…"),
+        ("no scheme: /bot42:AbC/deleteMessage failed", "no scheme: /bot…/deleteMessage failed"),
+        ("'/bot7:odd+shape=token'/x", "'/bot…'/x"),  # a token of another shape goes whole
+        ("/bottles/7:x and /robots.txt", "/bottles/7:x and /robots.txt"),  # not a token
+    ],
+)
+def test_a_telegram_bot_token_in_a_path_is_elided(text: str, redacted: str) -> None:
+    assert redact_text(text) == redacted
+
+
+def test_httpx_request_lines_name_no_bot_token(caplog: pytest.LogCaptureFixture) -> None:
+    """The INFO line httpx writes for every request, through the installed filter."""
+    redact.install()
+    caplog.set_level(logging.DEBUG)
+    logging.getLogger("httpx").info(
+        'HTTP Request: %s %s "%s %d %s"',
+        "POST",
+        "https://api.telegram.org/bot123456:SECRET-token/sendPhoto",
+        "HTTP/1.1",
+        200,
+        "OK",
+    )
+    assert "SECRET-token" not in caplog.text
+    assert "https://api.telegram.org/bot…/sendPhoto" in caplog.text

@@ -1,0 +1,1 @@
+"""Loopback fakes of the chat platforms' APIs, written from their docs, for tests."""
