@@ -175,6 +175,8 @@ def _answers(url: str) -> bool:
         return httpx.get(url + "/healthz", timeout=1).status_code == 200
     except httpx.HTTPError:
         return False
+
+
 @pytest.mark.parametrize(
     ("text", "redacted"),
     [
