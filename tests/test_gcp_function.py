@@ -11,6 +11,7 @@ import itertools
 import json
 import re
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -30,12 +31,14 @@ from tests.test_durability import clean_environ
 
 pytestmark = pytest.mark.postgres
 
-FRAMEWORK = Path(__file__).resolve().parents[1] / ".venv" / "bin" / "functions-framework"
+ROOT = Path(__file__).resolve().parents[1]
+FRAMEWORK = Path(sys.executable).parent / "functions-framework"  # installed beside python
+#: The function's source as deployed (deploy/gcp/deploy.sh).
+SOURCE = ROOT / "deploy" / "gcp" / "function" / "main.py"
 TOKEN = "admin-token-0123456789"
 BEARER = {"authorization": f"Bearer {TOKEN}"}
 START_TIMEOUT = 60.0
 _buckets = itertools.count(1)
-MAIN_PY = "from receiver.serverless.gcp import webhook  # noqa: F401 - the entry point\n"
 
 
 @dataclass
@@ -52,20 +55,19 @@ class Function:
         return self.log_path.read_text(errors="replace")
 
 
-def framework_command(source: Path) -> list[str]:
+def framework_command() -> list[str]:
     return [
-        *(str(FRAMEWORK), "--asgi", "--target", "webhook", "--source", str(source)),
+        *(str(FRAMEWORK), "--asgi", "--target", "webhook", "--source", str(SOURCE)),
         *("--host", "127.0.0.1", "--port", "0"),
     ]
 
 
 def start_function(env: dict[str, str], tmp_path: Path) -> tuple[subprocess.Popen[bytes], Path]:
     """The framework on a port the kernel picks; gunicorn names it in its log."""
-    (tmp_path / "main.py").write_text(MAIN_PY)
     log_path = tmp_path / "function.log"
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
-            framework_command(tmp_path / "main.py"),
+            framework_command(),
             env=env,
             cwd=tmp_path,
             stdout=log,
@@ -125,7 +127,7 @@ def function(
         BFL_TEST_EFFECTS=str(effects),
         BFL_TEST_SLEEP="0",
         GUNICORN_LOG_LEVEL="info",  # for the "Listening at" line
-        PYTHONPATH=str(Path(__file__).resolve().parents[1]),  # tests.fault_handler
+        PYTHONPATH=str(ROOT),  # tests.fault_handler
         **bucket_env(s3_endpoint, bucket),
     )
     proc, log_path = start_function(env, tmp_path)
