@@ -33,29 +33,18 @@ from collections.abc import MutableMapping
 from typing import Any
 
 import functions_framework.aio
-from pydantic import ValidationError
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from receiver.app import RETRY_AFTER_SECONDS, create_app
-from receiver.cli_support import scrub, settings_errors
-from receiver.durability import EphemeralStoreRefused, check_durable
+from receiver.app import RETRY_AFTER_SECONDS
 from receiver.health import describe
-from receiver.settings import Settings
+from receiver.serverless.config import FunctionMisconfigured, function_app, function_settings
 
 log = logging.getLogger("receiver")
 
 #: What the framework's own router put in the scope; the receiver's app routes it afresh.
 _FRAMEWORK_KEYS = frozenset({"app", "router", "route", "endpoint", "path_params"})
-
-
-def function_settings() -> Settings:
-    """The settings from the environment, with the worker off unless asked for by name."""
-    settings = Settings()
-    if "run_worker" not in settings.model_fields_set:
-        settings = settings.model_copy(update={"run_worker": False})
-    return settings
 
 
 class _Reply:
@@ -124,28 +113,12 @@ class Instance:
 
 
 def _start() -> Instance:
-    """Settings, logging and the app for this instance; a misconfiguration ends the process
-    with one line (the platform shows it in the function's logs), never a traceback."""
+    """This instance's app; a misconfiguration ends the process with one line (the platform
+    shows it in the function's logs), never a traceback."""
     try:
-        settings = function_settings()
-    except ValidationError as exc:
-        raise SystemExit(f"bad settings: {settings_errors(exc)}") from None
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    if not settings.webhook_secret:
-        raise SystemExit(
-            "RECEIVER_WEBHOOK_SECRET is not set: every webhook would be refused. "
-            "Set it (comma-separated to accept several) in the function's environment."
-        )
-    try:
-        check_durable(settings)
-        app = create_app(settings)
-    except EphemeralStoreRefused as exc:
+        return Instance(function_app(function_settings()))
+    except FunctionMisconfigured as exc:
         raise SystemExit(str(exc)) from None
-    except Exception as exc:  # a bad handler spec or URL: say so
-        raise SystemExit(f"cannot start the receiver: {scrub(str(exc), settings)}") from None
-    return Instance(app)
 
 
 instance = _start()
