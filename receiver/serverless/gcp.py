@@ -87,13 +87,6 @@ class Instance:
             await stack.enter_async_context(self.app.router.lifespan_context(self.app))
             self._opened = stack
 
-    async def close(self) -> None:
-        """Leave the lifespan (closes the store, storage and client); the next request
-        opens them again."""
-        opened, self._opened = self._opened, None
-        if opened is not None:
-            await opened.aclose()
-
     async def handle(self, request: Request) -> Response:
         """Answer ``request`` with the receiver app."""
         if self._opened is None:
