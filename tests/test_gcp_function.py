@@ -77,14 +77,16 @@ def start_function(env: dict[str, str], tmp_path: Path) -> tuple[subprocess.Pope
     return proc, log_path
 
 
-def wait_for_url(proc: subprocess.Popen[bytes], log_path: Path) -> str:
+def wait_for_url(proc: subprocess.Popen[bytes], log_path: Path, *, healthy: bool = True) -> str:
+    """The function's URL once it answers ``/healthz`` (with 200 if ``healthy``)."""
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:
         found = re.search(r"Listening at: (http://127\.0\.0\.1:\d+)", log_path.read_text())
         if found:
             url = found.group(1)
             try:  # gunicorn listens before its worker has booted: wait for an answer
-                if httpx.get(url + "/healthz", timeout=2).status_code == 200:
+                status = httpx.get(url + "/healthz", timeout=2).status_code
+                if status == 200 or not healthy:
                     return url
             except httpx.HTTPError:
                 pass
@@ -254,3 +256,29 @@ def test_a_function_on_sqlite_refuses_to_start(tmp_path: Path) -> None:
     assert "RECEIVER_DATABASE_URL=postgresql://" in log
     assert "Traceback" not in log
     assert not (tmp_path / "receiver.db").exists()
+
+
+def test_a_store_that_cannot_be_opened_gets_503_and_is_tried_again(tmp_path: Path) -> None:
+    env = clean_environ(
+        # Port 1 on loopback: nothing listens, the connection is refused at once.
+        RECEIVER_DATABASE_URL="postgresql://bob:hunter2secret@127.0.0.1:1/receiver",
+        RECEIVER_STORAGE_URL="s3://bucket/images",
+        GUNICORN_LOG_LEVEL="info",
+    )
+    proc, log_path = start_function(env, tmp_path)
+    try:
+        url = wait_for_url(proc, log_path, healthy=False)
+        # Each request tries to open it again, and says so.
+        answers = [
+            httpx.get(url + "/healthz", timeout=30),
+            post_webhook(url, b'{"id": "t9", "status": "Error"}', {"x-webhook-secret": SECRET}),
+        ]
+        for resp in answers:
+            assert resp.status_code == 503, resp.text
+            assert resp.headers["retry-after"] == "5"
+    finally:
+        stop(proc)
+    log = log_path.read_text()
+    assert log.count("cannot open the receiver's store or storage: ") >= 3
+    assert "hunter2secret" not in log
+    assert "Traceback" not in log
