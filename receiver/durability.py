@@ -1,8 +1,8 @@
 """The durability guard: on a function platform, refuse a store or storage that dies with the
 instance.
 
-AWS Lambda, Cloud Run (and Cloud Run functions), Vercel and Azure Functions give a process a
-disk of its own that is thrown away with the instance, and run several instances at once. A
+AWS Lambda, Cloud Run (its services, functions and jobs), Vercel and Azure Functions give a
+process a disk of its own that is thrown away with the instance, and run several at once. A
 SQLite store or a local image folder there acknowledges webhooks that the next cold start no
 longer has: BFL does not send them again, so they are lost for good. Every run mode opens its
 resources through ``receiver.runtime.opened_services``, which calls ``check_durable`` first,
@@ -27,6 +27,7 @@ PLATFORM_VARIABLES: tuple[tuple[str, str], ...] = (
     ("AWS_LAMBDA_FUNCTION_NAME", "AWS Lambda"),
     ("FUNCTION_TARGET", "Cloud Run functions"),
     ("K_SERVICE", "Google Cloud Run"),
+    ("CLOUD_RUN_JOB", "Cloud Run jobs"),  # a drain run as a job: its disk goes the same way
     ("VERCEL", "Vercel"),
     ("FUNCTIONS_WORKER_RUNTIME", "Azure Functions"),
 )
