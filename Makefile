@@ -55,6 +55,7 @@ bench: install
 	$(BIN)/python bench/decode.py
 	$(BIN)/python bench/slowloris.py
 	$(BIN)/python bench/faults.py
+	$(BIN)/python bench/gcp_function.py
 
 clean:
 	rm -rf $(VENV) data .mypy_cache .ruff_cache
