@@ -114,6 +114,7 @@ def main(webhooks: int, warm: int) -> None:
                 "RECEIVER_LOG_LEVEL": "warning",
                 "GUNICORN_LOG_LEVEL": "info",
                 "K_SERVICE": "bench",  # as on Cloud Run: the durability guard is on
+                "XDG_RUNTIME_DIR": tmp,  # gunicorn's control socket, not in ~/.gunicorn
                 **bucket_env(moto.url, "bench"),
             }
             rows = []

@@ -68,7 +68,8 @@ def start_function(env: dict[str, str], tmp_path: Path) -> tuple[subprocess.Pope
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
             framework_command(),
-            env=env,
+            # gunicorn's control socket goes there, not to ~/.gunicorn shared by every run.
+            env={**env, "XDG_RUNTIME_DIR": str(tmp_path)},
             cwd=tmp_path,
             stdout=log,
             stderr=subprocess.STDOUT,
