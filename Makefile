@@ -56,6 +56,7 @@ bench: install
 	$(BIN)/python bench/slowloris.py
 	$(BIN)/python bench/faults.py
 	$(BIN)/python bench/chat_latency.py
+	$(BIN)/python bench/gcp_function.py
 
 clean:
 	rm -rf $(VENV) data .mypy_cache .ruff_cache

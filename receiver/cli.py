@@ -20,7 +20,7 @@ from receiver.cli_render import (
     run_json,
 )
 from receiver.cli_runmodes import drain_command, migrate, work
-from receiver.cli_support import load_settings, scrub, with_store
+from receiver.cli_support import load_settings, refuse_ephemeral, scrub, with_store
 from receiver.events import Status
 from receiver.prune import DEFAULT_GRACE_SECONDS, PrunedImages, prune_images
 from receiver.render import dumps
@@ -78,6 +78,7 @@ def serve(host: str | None, port: int | None, fd: int | None, no_worker: bool | 
     )
     if (note := settings.store_note) is not None:
         logging.getLogger("receiver").info("%s", note)  # the store is not where the cwd says
+    refuse_ephemeral(settings)  # before the store is opened (and a SQLite file created)
     try:
         app = create_app(settings)
     except Exception as exc:  # a bad handler spec or URL: say so, no traceback

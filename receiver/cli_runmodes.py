@@ -21,6 +21,7 @@ import click
 
 from receiver.cli_support import load_settings, scrub, store_error, with_store
 from receiver.draining import DrainSummary, check_budget, drain
+from receiver.durability import EphemeralStoreRefused
 from receiver.handlers import HandlerSet, load_handlers
 from receiver.render import dumps
 from receiver.runtime import opened_services, running_background
@@ -58,6 +59,8 @@ def _run(settings: Settings, main: Callable[[], Coroutine[Any, Any, T]]) -> T:
         raise click.ClickException(
             f"RECEIVER_STORAGE_URL needs {exc.name}: pip install 'bfl-hooks[s3]'"
         ) from None
+    except EphemeralStoreRefused as exc:  # opened_services' durability guard
+        raise click.ClickException(str(exc)) from None
     except Exception as exc:
         message = store_error(settings.database_url, exc)
         if message is None:

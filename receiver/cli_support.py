@@ -17,6 +17,7 @@ import click
 from pydantic import ValidationError
 
 from receiver.dsn import dsn_target, redact_dsn, redact_text
+from receiver.durability import EphemeralStoreRefused, check_durable
 from receiver.settings import Settings
 from receiver.store import Store, StoreMissing, opened_store
 
@@ -29,6 +30,14 @@ def load_settings(**overrides: Any) -> Settings:
         return Settings(**{k: v for k, v in overrides.items() if v is not None})
     except ValidationError as exc:
         raise click.ClickException(f"bad settings: {settings_errors(exc)}") from None
+
+
+def refuse_ephemeral(settings: Settings) -> None:
+    """The durability guard (``receiver.durability``) as one line, before anything is opened."""
+    try:
+        check_durable(settings)
+    except EphemeralStoreRefused as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 def settings_errors(exc: ValidationError) -> str:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import httpx
 
 from receiver import redact
+from receiver.durability import check_durable
 from receiver.handlers import HandlerSet, load_handlers
 from receiver.health import Health
 from receiver.loops import watch
@@ -83,9 +84,13 @@ async def opened_services(
 ) -> AsyncIterator[Services]:
     """Open everything for the block, close it in reverse, even if a later one fails to open.
 
-    ``handlers`` defaults to the configured ones; ``transport`` carries the downloads and polls
-    instead of httpx's own (tests); ``create=False`` refuses to create a missing store.
+    Refuses (``EphemeralStoreRefused``) a store or storage on the local disk of a function
+    platform (``receiver.durability``). ``handlers`` defaults to the configured ones;
+    ``transport`` carries the downloads and polls instead of httpx's own (tests);
+    ``create=False`` refuses to create a missing store.
     """
+    # First: on a function platform, a store on the instance's disk loses what it acknowledges.
+    check_durable(settings)
     redact.install()  # signed URLs' queries never reach a log
     handler_set = handlers if handlers is not None else load_handlers(settings.handlers)
     async with contextlib.AsyncExitStack() as stack:

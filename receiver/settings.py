@@ -70,6 +70,11 @@ class Settings(UpwardEnvSettings):
     storage_url: str = Field(default="file://./data/samples", validate_default=True)
     """Where images go: ``file://dir`` or ``s3://bucket/prefix``; relative as ``database_url``."""
 
+    allow_ephemeral_store: bool = False
+    """On a function platform (Lambda, Cloud Run, Vercel, Azure Functions), start even with a
+    SQLite store or a local image folder, which die with the instance: for demos only
+    (``receiver.durability``)."""
+
     handlers: CommaList = ()
     """Extra handlers as ``module:callable``; entry points in ``bfl_hooks.handlers`` load too."""
 

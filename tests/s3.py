@@ -79,3 +79,20 @@ def client(endpoint: str) -> S3Client:
         aws_access_key_id=ACCESS_KEY_ID,
         aws_secret_access_key=SECRET_ACCESS_KEY,
     )
+
+
+def bucket_env(endpoint: str, bucket: str) -> dict[str, str]:
+    """Create ``bucket`` on the test server; the ``RECEIVER_S3_*`` variables a receiver process
+    needs to use it (with ``RECEIVER_STORAGE_URL=s3://bucket/...``)."""
+    s3 = client(endpoint)
+    try:
+        s3.create_bucket(Bucket=bucket)
+    finally:
+        s3.close()
+    return {
+        "RECEIVER_S3_ENDPOINT_URL": endpoint,
+        "RECEIVER_S3_REGION": REGION,
+        "RECEIVER_S3_ACCESS_KEY_ID": ACCESS_KEY_ID,
+        "RECEIVER_S3_SECRET_ACCESS_KEY": SECRET_ACCESS_KEY,
+        "RECEIVER_S3_ADDRESSING_STYLE": "path",
+    }

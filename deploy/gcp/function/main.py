@@ -1,0 +1,5 @@
+"""Cloud Run functions source: deploy this folder with ``--entry-point webhook`` (deploy.sh)."""
+
+from receiver.serverless.gcp import webhook
+
+__all__ = ["webhook"]

@@ -1,0 +1,1 @@
+"""Entry points for function platforms: thin adapters around the one receiver app."""
