@@ -115,6 +115,31 @@ def create_app(
     )
 
 
+def create_status_app(services: Services) -> Starlette:
+    """``/healthz``, ``/readyz`` and ``/metrics`` alone, over already opened services: what
+    ``bfl-receiver work --port`` serves, so a worker has probes and its downloads and handler
+    runs are scraped like a receiver's."""
+    app = Starlette(
+        routes=[
+            Route("/healthz", healthz, methods=["GET"]),
+            Route("/readyz", readyz, methods=["GET"]),
+            Route("/metrics", metrics_endpoint, methods=["GET"]),
+        ]
+    )
+    app.state.runtime = Runtime(
+        services.settings,
+        services.store,
+        services.storage,
+        services.handlers,
+        services.metrics,
+        [],
+        services.health,
+        refused=services.refused,
+        services=services,
+    )
+    return app
+
+
 def _runtime(request: Request) -> Runtime:
     runtime: Runtime = request.app.state.runtime
     return runtime

@@ -1,8 +1,9 @@
 """``bfl-receiver migrate``, ``work`` and ``drain``: the run modes besides ``serve``.
 
 - ``migrate`` creates or upgrades the store's schema and exits (a one-shot deploy step).
-- ``work`` runs the worker and the reconciler with no HTTP, beside ``serve --no-worker``
-  replicas, until SIGTERM or SIGINT, then stops as ``serve`` does.
+- ``work`` runs the worker and the reconciler beside ``serve --no-worker`` replicas, until
+  SIGTERM or SIGINT, then stops as ``serve`` does; with ``--port``, it serves its own
+  ``/healthz``, ``/readyz`` and ``/metrics`` (probes, scraping) and no webhooks.
 - ``drain`` runs what is due within a time budget and exits (cron, timers, queue triggers).
 
 All three open what ``serve`` opens, the same way (``receiver.runtime``).
@@ -11,20 +12,24 @@ All three open what ``serve`` opens, the same way (``receiver.runtime``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
+import socket
 import sys
-from collections.abc import Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from typing import Any, TypeVar
 
 import click
+import uvicorn
 
+from receiver.app import create_status_app
 from receiver.cli_support import load_settings, scrub, store_error, with_store
 from receiver.draining import DrainSummary, check_budget, drain
 from receiver.durability import EphemeralStoreRefused
 from receiver.handlers import HandlerSet, load_handlers
 from receiver.render import dumps
-from receiver.runtime import opened_services, running_background
+from receiver.runtime import Services, opened_services, running_background
 from receiver.settings import Settings
 from receiver.store import store_location
 
@@ -83,9 +88,67 @@ def migrate() -> None:
     click.echo(f"store {store_location(settings.database_url)} is up to date")
 
 
+class _StatusServer(uvicorn.Server):
+    """uvicorn inside ``work``'s own loop: ``work`` handles SIGTERM itself (stop claiming, let
+    running jobs finish), so the server must not take the signals over."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def _listening(host: str, port: int) -> socket.socket:
+    """A socket bound to ``host:port``, or a one-line error: bound here, not by uvicorn, which
+    would exit the process from inside its task."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise click.ClickException(
+            f"work --port {port}: cannot listen on {host}:{port}: {exc.strerror}"
+        ) from None
+    return sock
+
+
+@contextlib.asynccontextmanager
+async def _serving_status(services: Services, host: str, port: int | None) -> AsyncIterator[None]:
+    """``/healthz``, ``/readyz`` and ``/metrics`` on ``host:port`` for the block (nothing when
+    ``port`` is None)."""
+    if port is None:
+        yield
+        return
+    sock = _listening(host, port)
+    config = uvicorn.Config(create_status_app(services), lifespan="off", log_level="warning")
+    server = _StatusServer(config)
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    # The port bound, which --port 0 leaves to the kernel.
+    log.warning("status on http://%s:%d (/healthz, /readyz, /metrics)", host, sock.getsockname()[1])
+    try:
+        yield
+    finally:
+        server.should_exit = True
+        await task
+        sock.close()
+
+
 @click.command()
-def work() -> None:
-    """Run downloads, handlers and the reconciler, with no HTTP, until SIGTERM or Ctrl-C."""
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=None,
+    help="Serve /healthz, /readyz and /metrics on this port (default: no HTTP at all).",
+)
+@click.option(
+    "--host",
+    default=None,
+    help="The address --port listens on (default: RECEIVER_HOST, loopback unless set).",
+)
+def work(port: int | None, host: str | None) -> None:
+    """Run downloads, handlers and the reconciler until SIGTERM or Ctrl-C; with --port, also
+    /healthz, /readyz and /metrics (for probes and scraping), and nothing else."""
     settings = load_settings()
     _configure_logging(settings)
     handlers = _handlers(settings)
@@ -97,6 +160,7 @@ def work() -> None:
             loop.add_signal_handler(signum, stopping.set)
         async with (
             opened_services(settings, handlers=handlers) as services,
+            _serving_status(services, host or settings.host, port),
             running_background(services),
         ):
             log.info("working on %s; SIGTERM stops", store_location(settings.database_url))

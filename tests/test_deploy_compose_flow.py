@@ -147,9 +147,12 @@ def test_sandbox_profile_goes_from_a_submit_to_a_stored_image(
                 cwd=workdir,
                 pass_fds=(sock.fileno(),),
             )
+        worker_port = free_port()
+        work = [a.replace("0.0.0.0", "127.0.0.1") for a in service("worker")["command"]]
+        work[work.index("--port") + 1] = str(worker_port)
         procs.start(
             "worker",
-            [str(BIN / "bfl-receiver"), *service("worker")["command"]],
+            [str(BIN / "bfl-receiver"), *work],
             env=environment("worker", names, store),
             cwd=workdir,
         )
@@ -164,10 +167,12 @@ def test_sandbox_profile_goes_from_a_submit_to_a_stored_image(
         # compose: submit waits for the receivers' and the sandbox's health checks
         eventually(lambda: answers(f"{receiver_url}/readyz"), timeout=60)
         eventually(lambda: answers(f"http://127.0.0.1:{sandbox_port}/healthz"), timeout=60)
+        eventually(lambda: answers(f"http://127.0.0.1:{worker_port}/readyz"), timeout=60)
         # ...and those checks, run as compose runs them, with the ports these processes have
         listening = {
             "receiver": (8000, receiver_url),
             "sandbox": (8001, f"http://127.0.0.1:{sandbox_port}"),
+            "worker": (9000, f"http://127.0.0.1:{worker_port}"),
         }
         for name, (port, url) in listening.items():
             check = service(name)["healthcheck"]["test"]  # ["CMD", "python3", "-c", CODE]

@@ -178,7 +178,7 @@ def test_kubernetes_termination_grace_outlasts_the_shutdown() -> None:
     assert args == ["serve", "--no-worker"]  # no jobs: the job grace does not apply
     assert receiver["terminationGracePeriodSeconds"] > pre_stop + uvicorn_drain_seconds()
     worker = pod_spec("worker.yaml")
-    assert worker["containers"][0]["args"] == ["work"]
+    assert worker["containers"][0]["args"] == ["work", "--host", "0.0.0.0", "--port", "9000"]
     assert worker["terminationGracePeriodSeconds"] > grace
 
 
@@ -232,7 +232,7 @@ def test_compose_starts_in_order_and_runs_each_role() -> None:
     assert services["migrate"]["depends_on"]["postgres"]["condition"] == "service_healthy"
     assert services["receiver"]["command"] == ["serve", "--no-worker"]
     assert services["receiver"]["deploy"]["replicas"] == 2
-    assert services["worker"]["command"] == ["work"]
+    assert services["worker"]["command"] == ["work", "--host", "0.0.0.0", "--port", "9000"]
     for name in ("receiver", "worker"):
         migrate = services[name]["depends_on"]["migrate"]
         assert migrate["condition"] == "service_completed_successfully", name

@@ -8,7 +8,9 @@ the worker as it stops ``serve`` (running jobs finish within the grace period).
 from __future__ import annotations
 
 import os
+import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -34,10 +36,10 @@ from tests.support import (
 )
 
 
-def _worker(env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+def _worker(env: dict[str, str], log_path: Path, *args: str) -> subprocess.Popen[bytes]:
     with log_path.open("ab") as log:
         return subprocess.Popen(
-            [sys.executable, "-m", "receiver.cli", "work"],
+            [sys.executable, "-m", "receiver.cli", "work", *args],
             env={**os.environ, "RECEIVER_WEBHOOK_SECRET": SECRET, **env},
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -191,3 +193,68 @@ def test_drain_stopped_by_sigterm_hands_back_at_once(tmp_path: Path) -> None:
     assert "stopped by a signal" in (tmp_path / "drain.log").read_text()
     jobs = [j for i in range(2) for j in read_store(settings, lambda s, i=i: s.jobs_for(f"t{i}"))]
     assert [(j.state, j.attempts) for j in jobs] == [(JobState.QUEUED, 0)] * 2
+
+
+def _status_url(log_path: Path) -> str | None:
+    found = re.search(r"status on (http://\S+) \(", log_path.read_text())
+    return found.group(1) if found else None
+
+
+@pytest.mark.slow
+def test_work_port_serves_probes_and_the_workers_own_metrics(tmp_path: Path) -> None:
+    """``work --port``: the worker's downloads and handler runs are scraped from the worker (a
+    ``serve --no-worker`` replica never sees them), behind RECEIVER_METRICS_TOKEN; no webhooks."""
+    with delivery_server() as delivery:
+        env = {
+            "RECEIVER_DATABASE_URL": f"sqlite:///{tmp_path}/receiver.db",
+            "RECEIVER_STORAGE_URL": f"file://{tmp_path}/samples",
+            "RECEIVER_SAMPLE_HOSTS": delivery.host,
+            "RECEIVER_HANDLERS": "",
+            "RECEIVER_POLL_INTERVAL_SECONDS": "0.1",
+            "RECEIVER_METRICS_TOKEN": "scrape-token",
+        }
+        log_path = tmp_path / "work.log"
+        with running_receiver(settings_for(tmp_path, run_worker=False), {}) as r:
+            r.post(ready("w1", delivery.add("w1.jpg")))
+            worker = _worker(env, log_path, "--port", "0")
+            try:
+                eventually(lambda: _status_url(log_path), timeout=30)
+                url = _status_url(log_path)
+                assert url is not None
+                with httpx.Client(base_url=url, timeout=10) as client:
+                    assert client.get("/healthz").json() == {"ok": True}
+                    assert client.get("/readyz").status_code == 200
+                    assert client.get("/metrics").status_code == 401
+                    auth = {"authorization": "Bearer scrape-token"}
+
+                    def downloads() -> bool:
+                        text = client.get("/metrics", headers=auth).text
+                        return 'bfl_hooks_downloads_total{outcome="ok"} 1.0' in text
+
+                    eventually(downloads, timeout=30)
+                    webhook = client.post("/webhooks/bfl", json={}, headers={"x": "y"})
+                    assert webhook.status_code in (404, 405)
+                worker.send_signal(signal.SIGTERM)
+                assert worker.wait(timeout=30) == 0
+            finally:
+                if worker.poll() is None:
+                    worker.kill()
+                    worker.wait()
+    assert "Traceback" not in log_path.read_text()
+
+
+def test_work_port_taken_is_one_line(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {
+            "RECEIVER_DATABASE_URL": f"sqlite:///{tmp_path}/receiver.db",
+            "RECEIVER_STORAGE_URL": f"file://{tmp_path}/samples",
+            "RECEIVER_HANDLERS": "",
+        }
+        worker = _worker(env, tmp_path / "work.log", "--port", str(port))
+        assert worker.wait(timeout=30) == 1
+    log = (tmp_path / "work.log").read_text()
+    assert f"cannot listen on 127.0.0.1:{port}" in log
+    assert "Traceback" not in log
