@@ -38,6 +38,21 @@ _QUERY = re.compile(r"""\?[^\s'"<>?]*=[^\s'"<>]*""")
 # anything up to the next separator goes, so a token of another shape is elided whole).
 _BOT_TOKEN = re.compile(r"""/bot\d+:[^/\s'"<>?#]*""")
 BOT_TOKEN_ELIDED = "/bot…"  # noqa: S105 - what replaces a token, not one
+#: Other credentials that platforms put in a URL's path, not its query: Discord's
+#: ``/webhooks/<id>/<token>`` (an interaction's token for 15 minutes, a webhook's for ever) and
+#: Slack's upload URLs, ``files.slack.com/upload/v1/<secret>``.
+_SECRET_PATHS = (
+    (_BOT_TOKEN, BOT_TOKEN_ELIDED),
+    (re.compile(r"""(/webhooks/\d+/)[^/\s?#'"<>]+"""), r"\1…"),
+    (re.compile(r"""(/upload/v1/)[^\s?#'"<>]+"""), r"\1…"),
+)
+
+
+def redact_paths(text: str) -> str:
+    """``text`` with every credential a platform keeps in a URL path elided (see above)."""
+    for pattern, elided in _SECRET_PATHS:
+        text = pattern.sub(elided, text)
+    return text
 
 
 def redact_url(url: str) -> str:
@@ -47,20 +62,21 @@ def redact_url(url: str) -> str:
         host = parts.hostname or ""
         port = parts.port
     except ValueError:
-        return _BOT_TOKEN.sub(BOT_TOKEN_ELIDED, url.split("?", 1)[0].split("#", 1)[0]) + ELIDED
+        return redact_paths(url.split("?", 1)[0].split("#", 1)[0]) + ELIDED
     if ":" in host:
         host = f"[{host}]"
     netloc = f"{host}:{port}" if port is not None else host
     tail = ELIDED if parts.query or "?" in url else ""
-    path = _BOT_TOKEN.sub(BOT_TOKEN_ELIDED, parts.path)
+    path = redact_paths(parts.path)
     return f"{parts.scheme}://{netloc}{path}{tail}"
 
 
 def redact_text(text: str) -> str:
     """``text`` with every URL in it redacted, any bare ``?key=value`` query elided, and any
-    ``/bot<token>`` path segment (a Telegram bot token) elided, inside a URL or not."""
+    credential in a path (``/bot<token>``, ``/webhooks/<id>/<token>``...) elided, inside a URL
+    or not."""
     text = _QUERY.sub(ELIDED, _URL.sub(lambda m: redact_url(m.group(0)), text))
-    return _BOT_TOKEN.sub(BOT_TOKEN_ELIDED, text)
+    return redact_paths(text)
 
 
 class RedactURLs(logging.Filter):

@@ -78,8 +78,8 @@ def test_address_skips_absent_and_refuses_wrong_types() -> None:
         -100123
     )
     assert address(event({"telegram_chat_id": 42}), "telegram_chat_id", integer=True) == 42
-    for bad in (True, "forty-two", 4.2, [1], {"a": 1}):
-        with pytest.raises(PermanentError, match="must be an integer"):
+    for bad in (True, "forty-two", 4.2, [1], {"a": 1}, "9" * 5000, "²", 2**64):
+        with pytest.raises(PermanentError, match=r"must be an integer|out of range"):
             address(event({"telegram_chat_id": bad}), "telegram_chat_id", integer=True)
     assert address(event({"slack_channel": " C123 "}), "slack_channel") == "C123"
     with pytest.raises(PermanentError, match="non-empty string"):
@@ -110,3 +110,29 @@ def test_caption_and_outcome_texts() -> None:
     assert "\x1b" not in text
     assert text.startswith("The image could")
     assert outcome_text(event({}, Status.ERROR)) == "The image could not be generated."
+
+
+def test_finetune_outcome_text() -> None:
+    done = Event(
+        task_id="ft1",
+        status=Status.READY,
+        image=None,
+        metadata={},
+        payload={},
+        attempt=1,
+        idempotency_key="ft1:h",
+        finetune_id="ft1",
+    )
+    assert outcome_text(done) == "The finetune ft1 finished."
+    failed = Event(
+        task_id="ft2",
+        status=Status.ERROR,
+        image=None,
+        metadata={},
+        payload={},
+        attempt=1,
+        idempotency_key="ft2:h",
+        error="not enough images",
+        finetune_id="ft2",
+    )
+    assert outcome_text(failed) == "The finetune ft2 failed: not enough images."

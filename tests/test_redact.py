@@ -188,9 +188,17 @@ def _answers(url: str) -> bool:
         ("no scheme: /bot42:AbC/deleteMessage failed", "no scheme: /bot…/deleteMessage failed"),
         ("'/bot7:odd+shape=token'/x", "'/bot…'/x"),  # a token of another shape goes whole
         ("/bottles/7:x and /robots.txt", "/bottles/7:x and /robots.txt"),  # not a token
+        (  # Discord: an interaction's (or a webhook's) token is the path's last part
+            "PATCH https://discord.com/api/v10/webhooks/123/aW50ZXJhY3Rpb24.tok/messages/@original",
+            "PATCH https://discord.com/api/v10/webhooks/123/…/messages/@original",
+        ),
+        (  # Slack: an upload URL's secret is in its path
+            'POST https://files.slack.com/upload/v1/CwABAAAAXAoAAZnbXzT "HTTP/1.1 200 OK"',
+            'POST https://files.slack.com/upload/v1/… "HTTP/1.1 200 OK"',
+        ),
     ],
 )
-def test_a_telegram_bot_token_in_a_path_is_elided(text: str, redacted: str) -> None:
+def test_a_platform_token_in_a_path_is_elided(text: str, redacted: str) -> None:
     assert redact_text(text) == redacted
 
 

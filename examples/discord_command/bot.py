@@ -34,8 +34,8 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 import submitter
+from receiver import redact
 from receiver.correlation import MAX_METADATA_BYTES, metadata_bytes
-from receiver.integrations import discord_api
 from receiver.integrations.common import cut
 
 log = logging.getLogger("discord_command")
@@ -101,7 +101,7 @@ def create_app(
     (read from the environment when None)."""
     verify = verifier(public_key_hex)
     clients: dict[str, Any] = {}
-    discord_api.install_log_filter()  # httpx logs URLs; an interaction's holds its token
+    redact.install()  # httpx logs URLs; an interaction's path holds its token
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

@@ -17,6 +17,8 @@ from receiver.redact import redact_text
 #: How much of BFL's error text a chat is shown.
 MAX_REASON_CHARS = 200
 ELLIPSIS = "…"
+#: Digits an integer id may have (2**63 has 19).
+MAX_ID_DIGITS = 19
 
 
 class LoopClients:
@@ -49,10 +51,15 @@ def address(event: Event, key: str, *, integer: bool = False) -> str | int:
     if isinstance(value, bool):  # bool is an int to Python, never an id
         raise PermanentError(f"{key} must be {'an integer' if integer else 'a string'}")
     if integer:
-        if isinstance(value, str) and value.strip().lstrip("-").isdigit():
-            value = int(value.strip())
+        digits = value.strip().removeprefix("-") if isinstance(value, str) else ""
+        # ASCII only ("²" is a digit to str.isdigit, not to int), and short: int() refuses
+        # strings over 4,300 digits with a ValueError, and no platform's id is that long.
+        if digits.isascii() and digits.isdigit() and len(digits) <= MAX_ID_DIGITS:
+            value = int(str(value).strip())
         if not isinstance(value, int):
             raise PermanentError(f"{key} must be an integer, got {type(value).__name__}")
+        if abs(value) >= 2**63:  # every platform's ids fit in 64 bits
+            raise PermanentError(f"{key} is out of range for an id")
         return value
     if isinstance(value, int):
         value = str(value)
@@ -100,8 +107,11 @@ def outcome_text(event: Event) -> str:
     its URLs elided and control characters dropped), or ended some other way."""
     if event.kind == "moderated":
         return "The image was not generated: the request was moderated."
-    reason = "".join(ch for ch in (event.error or "") if ch.isprintable()).strip()
-    reason = cut(redact_text(reason), MAX_REASON_CHARS)
+    if event.kind == "finetune":
+        ended = "finished" if event.status.kind == "ready" else "failed"
+        said = f": {reason}" if ended == "failed" and (reason := _safe(event.error)) else ""
+        return f"The finetune {event.finetune_id} {ended}{said}."
+    reason = _safe(event.error)
     if event.kind == "error":
         return (
             f"The image could not be generated: {reason}"
@@ -109,3 +119,9 @@ def outcome_text(event: Event) -> str:
             else ("The image could not be generated.")
         )
     return f"The task ended without an image ({event.status.value})."
+
+
+def _safe(error: str | None) -> str:
+    """BFL's error text as a chat may see it: printable, its URLs elided, and short."""
+    reason = "".join(ch for ch in (error or "") if ch.isprintable()).strip()
+    return cut(redact_text(reason), MAX_REASON_CHARS)

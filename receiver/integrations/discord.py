@@ -160,7 +160,6 @@ class DiscordSender:
 
     def _client(self) -> httpx.AsyncClient:
         if self._clients is None:
-            discord_api.install_log_filter()  # httpx logs URLs, and webhook URLs hold tokens
             self._clients = LoopClients(
                 timeout=self.settings.timeout_seconds, follow_redirects=False
             )

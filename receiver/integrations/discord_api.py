@@ -8,8 +8,6 @@ bodies and their codes). Kept apart from the handler so each stays small.
 from __future__ import annotations
 
 import asyncio
-import logging
-import re
 import time
 import weakref
 from dataclasses import dataclass
@@ -18,6 +16,7 @@ from typing import Any
 import httpx
 
 from receiver.handlers import RateLimited
+from receiver.redact import redact_paths
 
 #: Discord's JSON error codes the handler tells apart.
 UNKNOWN_CHANNEL = 10003
@@ -32,32 +31,11 @@ MAX_MESSAGE_CHARS = 200
 #: Buckets remembered before the refilled ones are forgotten.
 MAX_BUCKETS = 10_000
 
-#: ``/webhooks/<id>/<token>``: the token is a credential (an interaction's, for 15 minutes;
-#: a webhook's, for ever), and httpx logs every request URL at INFO.
-_WEBHOOK_PATH = re.compile(r"(/webhooks/\d+/)[^/\s?'\"<>]+")
-
 
 def redact_webhook_tokens(text: str) -> str:
-    """``text`` with the token of every ``/webhooks/<id>/<token>`` path replaced by ``…``."""
-    return _WEBHOOK_PATH.sub(r"\1…", text)
-
-
-class RedactWebhookTokens(logging.Filter):
-    """Rewrites a record whose message names a webhook URL, so its token reaches no log."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        redacted = redact_webhook_tokens(message)
-        if redacted != message:
-            record.msg, record.args = redacted, ()
-        return True
-
-
-def install_log_filter() -> None:
-    """Put ``RedactWebhookTokens`` on httpx's logger (once; calling again is harmless)."""
-    logger = logging.getLogger("httpx")
-    if not any(isinstance(f, RedactWebhookTokens) for f in logger.filters):
-        logger.addFilter(RedactWebhookTokens())
+    """``text`` with the token of every ``/webhooks/<id>/<token>`` path replaced by ``…``
+    (``receiver.redact``, which the logs' filters apply to every line too)."""
+    return redact_paths(text)
 
 
 def seconds_in(value: object) -> float | None:
