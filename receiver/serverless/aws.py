@@ -39,6 +39,7 @@ from typing import Any
 
 import httpx
 from mangum import Mangum
+from pydantic import ValidationError
 from starlette.applications import Starlette
 
 from receiver.app import create_app
@@ -59,6 +60,8 @@ SETTLE_SECONDS = 2.0
 #: A drain's budget when the context does not say how long is left (never on Lambda itself).
 FALLBACK_DRAIN_SECONDS = 30.0
 
+#: On a 503: BFL delivers again after its own delays; this is for other senders.
+RETRY = {"retry-after": "5"}
 #: What an event that is neither HTTP nor EventBridge is told.
 UNKNOWN_EVENT = (
     "not an event this function takes: send a Function URL or API Gateway (REST or HTTP API) "
@@ -89,6 +92,15 @@ def _answer(status: int, error: str, headers: Mapping[str, str] | None = None) -
         "body": json.dumps({"error": error}),
         "isBase64Encoded": False,
     }
+
+
+def _why_not_open(exc: Exception) -> str:
+    """One line for the log: the settings at fault by name (never their values, which may be
+    secrets), or the store's error."""
+    if isinstance(exc, ValidationError):
+        names = sorted({f"RECEIVER_{e['loc'][0]}".upper() for e in exc.errors() if e["loc"]})
+        return f"invalid settings: {', '.join(names)}"
+    return describe(exc)
 
 
 def _remaining(context: Any) -> float | None:
@@ -159,12 +171,12 @@ class LambdaReceiver:
         try:
             warm = self._open()
         except Exception as exc:
-            reason = describe(exc)
+            reason = _why_not_open(exc)
             log.error("cannot open the receiver: %s", reason)
             if not http:
                 raise DrainFailed(f"cannot open the receiver: {reason}") from None
             return _answer(
-                503, "the event store is unavailable; deliver again later", {"retry-after": "5"}
+                503, "the receiver cannot start (see its log); deliver again later", RETRY
             )
         try:
             if http:
