@@ -289,16 +289,30 @@ def test_a_drain_with_too_little_time_left_fails_saying_so(
         adapter(aws_events.scheduled(), Context(0.5))
 
 
+@pytest.mark.parametrize(
+    ("name", "value", "logged"),
+    [
+        ("RECEIVER_JOB_LEASE_SECONDS", "-1", "invalid settings: RECEIVER_JOB_LEASE_SECONDS"),
+        ("RECEIVER_HANDLERS", "no_such_module_here:run", "no_such_module_here"),
+    ],
+)
 def test_bad_settings_are_named_in_the_log_without_their_values(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    name: str,
+    value: str,
+    logged: str,
 ) -> None:
     monkeypatch.chdir(tmp_path)  # no .env
     monkeypatch.setenv("RECEIVER_WEBHOOK_SECRET", SECRET)
-    monkeypatch.setenv("RECEIVER_JOB_LEASE_SECONDS", "-1")
+    monkeypatch.setenv("RECEIVER_DATABASE_URL", f"sqlite:///{tmp_path}/receiver.db")
+    monkeypatch.setenv(name, value)
     adapter = LambdaReceiver()  # settings from the environment, as on Lambda
     payload = {"id": "b1", "status": "Error", "error": "x"}
     answer = adapter(aws_events.function_url(payload, SECRET_HEADERS), Context(30))
     assert answer["statusCode"] == 503
-    assert "RECEIVER_JOB_LEASE_SECONDS" in caplog.text
+    assert logged in caplog.text
+    assert "Traceback" not in caplog.text
     assert SECRET not in caplog.text
     assert SECRET not in answer["body"]

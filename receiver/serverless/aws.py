@@ -100,7 +100,11 @@ def _why_not_open(exc: Exception) -> str:
     if isinstance(exc, ValidationError):
         names = sorted({f"RECEIVER_{e['loc'][0]}".upper() for e in exc.errors() if e["loc"]})
         return f"invalid settings: {', '.join(names)}"
-    return describe(exc)
+    if isinstance(exc, OSError | ConnectionError) or "asyncpg" in type(exc).__module__:
+        return describe(exc)  # a store or network error: its first line says enough
+    # A refusal with a fix to name (the durability guard's line, a bad handler spec): whole.
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:1000]}" if text else type(exc).__name__
 
 
 def _remaining(context: Any) -> float | None:
