@@ -23,6 +23,7 @@ from receiver.download import url_deadline
 from receiver.draining import check_budget, drain_services
 from receiver.handlers import Handler, HandlerSet, load_handlers
 from receiver.health import Health, describe
+from receiver.inline import process_inline
 from receiver.metrics import Metrics
 from receiver.payload import MAX_REF_LENGTH, PayloadError, parse_notice
 from receiver.refusals import RefusedWebhooks
@@ -288,8 +289,17 @@ async def webhook(request: Request) -> Response:
         rt.metrics.duplicates.inc()
     elif outcome is RecordOutcome.NEW and ref is not None and link.metadata is None:
         await _note_uncorrelated(rt, ref, notice.task_id)
+    answer: dict[str, object] = {"task_id": notice.task_id, "outcome": outcome.value}
+    # RECEIVER_INLINE_BUDGET_SECONDS (receiver.inline): recorded already, so 200 whatever.
+    inline = (
+        await process_inline(rt.services, notice.task_id)
+        if outcome is not RecordOutcome.PROGRESS and rt.services is not None
+        else None
+    )
+    if inline is not None:
+        answer["inline"] = inline.as_dict()
     rt.metrics.ack_seconds.observe(time.perf_counter() - started)
-    return JSONResponse({"task_id": notice.task_id, "outcome": outcome.value})
+    return JSONResponse(answer)
 
 
 def _correlation(request: Request, secrets: list[str]) -> Correlation:

@@ -127,6 +127,11 @@ class Settings(UpwardEnvSettings):
     run_worker: bool = True
     """Run downloads and handlers in this process; False makes an ingest-only replica."""
 
+    inline_budget_seconds: float = Field(default=0.0, ge=0)
+    """After recording a webhook, run that task's jobs (download, handlers) in the request for
+    up to this long, then answer 200 whatever happened (``receiver.inline``); 0 is off. Capped
+    at 20 s whatever is set: BFL wants an answer within 30 s, and resends after 1, 5 and 30 s."""
+
     download_workers: int = Field(default=32, ge=1, le=1024)
     """Downloads run at once. A pool of their own: hung handlers can never hold a download
     back until its signed URL dies."""

@@ -139,11 +139,14 @@ class Worker:
                 await self._keeper
             self._keeper = None
 
-    async def drain(self, claim_until: float, end: float) -> bool:
+    async def drain(self, claim_until: float, end: float, *, task_id: str | None = None) -> bool:
         """Run due jobs until none is due and none runs, claiming until ``claim_until`` and
         letting jobs run until ``end`` (``time.monotonic()`` values); then hand back at once
-        whatever still runs. True when the queue went idle before ``claim_until``."""
-        await self.store.reap()  # jobs of a process that died or froze mid-job come back now
+        whatever still runs. True when the queue went idle before ``claim_until``.
+
+        With ``task_id``, only that task's jobs (inline processing, ``receiver.inline``)."""
+        if task_id is None:  # inline processing skips it: one query less before the answer
+            await self.store.reap()  # jobs of a process that died or froze mid-job come back
         self._keeper = asyncio.create_task(
             self._forever("lease keeper", self._lease_step), name="receiver-leases"
         )
@@ -152,7 +155,7 @@ class Worker:
             while (left := claim_until - time.monotonic()) > 0:
                 claimed = 0
                 for pool in self._pools.values():
-                    claimed += await self._claim(pool)
+                    claimed += await self._claim(pool, task_id)
                 running = self._running()
                 if not running and not claimed:
                     idle = True
@@ -196,13 +199,14 @@ class Worker:
             async with asyncio.timeout(self.settings.poll_interval_seconds):
                 await pool.wake.wait()
 
-    async def _claim(self, pool: _Pool) -> int:
-        """Claim as many due jobs as the pool has free slots and start them; how many."""
+    async def _claim(self, pool: _Pool, task_id: str | None = None) -> int:
+        """Claim as many due jobs (of ``task_id`` only, if given) as the pool has free slots
+        and start them; how many."""
         free = pool.free
         if free <= 0:
             return 0
         jobs = await self.store.claim(
-            self.owner, free, self.settings.job_lease_seconds, kind=pool.kind
+            self.owner, free, self.settings.job_lease_seconds, kind=pool.kind, task_id=task_id
         )
         for job in jobs:
             task = asyncio.create_task(self._run(pool, job), name=f"job-{job.id}")

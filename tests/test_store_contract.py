@@ -183,6 +183,26 @@ async def test_claim_by_kind_takes_only_that_kind_longest_due_first(store: Store
     assert await store.claim("w1", 5, 30, kind=JobKind.DOWNLOAD) == []
 
 
+async def test_claim_by_task_takes_only_that_tasks_due_jobs(store: Store, other: Store) -> None:
+    await store.record(notice("e1", "Error", sample=None), deadline=None, handlers=HANDLERS)
+    await store.record(notice("e2", "Error", sample=None), deadline=None, handlers=HANDLERS)
+    await record(store, "r1")  # a download job, older than nothing of e2's
+    first = await store.claim("w1", 1, 30, task_id="e2")
+    assert [(j.task_id, j.handler) for j in first] == [("e2", HANDLERS[0])]
+    # Another replica's claim for the same task skips what is leased: no job runs twice.
+    rest = await other.claim("w2", 5, 30, task_id="e2")
+    assert [(j.task_id, j.handler) for j in rest] == [("e2", HANDLERS[1])]
+    assert await store.claim("w1", 5, 30, task_id="e2") == []
+    assert await store.claim("w1", 5, 30, kind=JobKind.HANDLER, task_id="r1") == []
+    [download] = await store.claim("w1", 5, 30, kind=JobKind.DOWNLOAD, task_id="r1")
+    assert download.task_id == "r1"
+    assert await store.claim("w1", 5, 30, task_id="nobody") == []
+    # Fenced as any claim: a job of this task retried later is not due now.
+    assert await store.retry(first[0], "boom", 60)
+    assert await store.claim("w1", 5, 30, task_id="e2") == []
+    assert {j.task_id for j in await store.claim("w1", 5, 30)} == {"e1"}
+
+
 async def test_release_requeues_at_once_without_counting_the_attempt(store: Store) -> None:
     await store.record(notice("t1", "Error", sample=None), deadline=None, handlers=["h:a"])
     job = await claim_one(store)

@@ -295,10 +295,17 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def claim(
-        self, owner: str, limit: int, lease_seconds: float, kind: JobKind | None = None
+        self,
+        owner: str,
+        limit: int,
+        lease_seconds: float,
+        kind: JobKind | None = None,
+        *,
+        task_id: str | None = None,
     ) -> list[Job]:
-        """Take up to ``limit`` due queued jobs (of ``kind`` only, if given), the longest due
-        first, leased to ``owner``."""
+        """Take up to ``limit`` due queued jobs (of ``kind`` only, and of ``task_id`` only, if
+        given), the longest due first, leased to ``owner``. ``task_id`` is for inline
+        processing: a webhook's request runs its own task's jobs (``receiver.inline``)."""
 
     @abc.abstractmethod
     async def renew(self, jobs: Sequence[Job], lease_seconds: float) -> set[int]:

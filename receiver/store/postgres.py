@@ -158,14 +158,23 @@ class PostgresStore(Store):
         await submissions.reconciled(self.pool, ref, next_in)
 
     async def claim(
-        self, owner: str, limit: int, lease_seconds: float, kind: JobKind | None = None
+        self,
+        owner: str,
+        limit: int,
+        lease_seconds: float,
+        kind: JobKind | None = None,
+        *,
+        task_id: str | None = None,
     ) -> list[Job]:
         if limit <= 0:
             return []
+        # A fragment of its own, not "$5 IS NULL OR ...": a generic plan could not use the
+        # (task_id, ...) index for inline processing's claims then.
+        of_task, task_args = ("AND task_id = $5", [task_id]) if task_id is not None else ("", [])
         rows = await self.pool.fetch(
             f"""WITH due AS (
                     SELECT id FROM jobs WHERE state = 'queued' AND run_at <= {NOW}
-                    AND ($4::text IS NULL OR kind = $4)
+                    AND ($4::text IS NULL OR kind = $4) {of_task}
                     ORDER BY run_at, id LIMIT $3 FOR UPDATE SKIP LOCKED)
                 UPDATE jobs SET state = 'running', attempts = attempts + 1, lease = $1,
                     lease_until = {NOW} + $2, updated_at = {NOW}
@@ -175,6 +184,7 @@ class PostgresStore(Store):
             lease_seconds,
             limit,
             kind.value if kind is not None else None,
+            *task_args,
         )
         return sorted((job_from(r) for r in rows), key=lambda j: (j.run_at, j.id))
 

@@ -187,10 +187,17 @@ class SQLiteStore(Store):
         )
 
     async def claim(
-        self, owner: str, limit: int, lease_seconds: float, kind: JobKind | None = None
+        self,
+        owner: str,
+        limit: int,
+        lease_seconds: float,
+        kind: JobKind | None = None,
+        *,
+        task_id: str | None = None,
     ) -> list[Job]:
         lease = f"{owner}/{uuid.uuid4().hex}"
         kinds = [kind.value] if kind is not None else [k.value for k in JobKind]
+        of_task, task_args = ("AND task_id = ?", (task_id,)) if task_id is not None else ("", ())
 
         def claim(c: sqlite3.Connection) -> list[Job]:
             now = time.time()
@@ -198,10 +205,10 @@ class SQLiteStore(Store):
                 f"""UPDATE jobs SET state = 'running', attempts = attempts + 1, lease = ?,
                        lease_until = ?, updated_at = ?
                    WHERE id IN (SELECT id FROM jobs WHERE state = 'queued' AND run_at <= ?
-                                AND kind IN ({",".join("?" * len(kinds))})
+                                AND kind IN ({",".join("?" * len(kinds))}) {of_task}
                                 ORDER BY run_at LIMIT ?)
                    RETURNING *""",
-                (lease, now + lease_seconds, now, now, *kinds, limit),
+                (lease, now + lease_seconds, now, now, *kinds, *task_args, limit),
             ).fetchall()
             return sorted((job_from(r) for r in rows), key=lambda j: j.run_at)
 
