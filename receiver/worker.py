@@ -119,20 +119,22 @@ class Worker:
         )
         watch(self._keeper, "lease keeper", self.health, log)
 
-    async def stop(self, grace: float) -> None:
-        """Claim nothing more; give running jobs ``grace`` seconds; hand back the rest."""
+    async def stop(self, grace: float, *, why: str = "shutting down") -> None:
+        """Claim nothing more; give running jobs ``grace`` seconds; hand back the rest.
+        ``why`` starts the log lines and the handed-back jobs' reason."""
         for task in self._claimers:
             task.cancel()
         await asyncio.gather(*self._claimers, return_exceptions=True)
         self._claimers.clear()
         running = [task for pool in self._pools.values() for _, task in pool.running.values()]
         if running:
-            log.info("shutting down: waiting up to %.0f s for %d job(s)", grace, len(running))
+            if grace > 0:
+                log.info("%s: waiting up to %.0f s for %d job(s)", why, grace, len(running))
             # Leases are still renewed meanwhile, so no other replica takes these jobs.
             _, late = await asyncio.wait(running, timeout=grace)
             if late:
-                log.warning("shutting down: handing back %d unfinished job(s)", len(late))
-            await self._hand_back()
+                log.warning("%s: handing back %d unfinished job(s)", why, len(late))
+            await self._hand_back(f"handed back unfinished: {why}")
         if self._keeper is not None:
             self._keeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -165,13 +167,13 @@ class Worker:
             if running := self._running():
                 await asyncio.wait(running, timeout=max(0.0, end - time.monotonic()))
         finally:
-            await self.stop(grace=0)
+            await self.stop(grace=0, why="the budget was spent")
         return idle
 
     def _running(self) -> list[asyncio.Task[None]]:
         return [task for pool in self._pools.values() for _, task in pool.running.values()]
 
-    async def _hand_back(self) -> None:
+    async def _hand_back(self, reason: str) -> None:
         jobs = [entry for pool in self._pools.values() for entry in pool.running.values()]
         for _, task in jobs:
             task.cancel()
@@ -179,7 +181,7 @@ class Worker:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
             try:
-                if await self.store.release(job, "handed back unfinished at shutdown"):
+                if await self.store.release(job, reason):
                     self.outcomes["handed_back"] += 1
             except Exception as exc:  # the lease will expire and the reaper hands it back
                 log.warning("could not hand back job %s: %s", job.id, describe(exc))
