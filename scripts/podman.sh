@@ -10,6 +10,7 @@
 #   scripts/podman.sh build TAG [podman build args...]
 #                                build deploy/Dockerfile on that base as TAG, using the
 #                                host's pip settings and CA bundle (as build secrets)
+#   scripts/podman.sh clean      remove all of it (images, base tree, configuration)
 #
 # Everything lives under $BFL_PODMAN_HOME (default /var/lib/bfl-hooks/podman): the config
 # files, the image storage and the debootstrap tree. /etc/containers is left as Debian ships it.
@@ -181,11 +182,29 @@ build() {
     local ca=${PIP_CERT:-${SSL_CERT_FILE:-/etc/ssl/certs/ca-certificates.crt}}
     # --format docker keeps HEALTHCHECK (the OCI format has no such field); --network host:
     # the build reaches the package registries as the host does.
-    podman build --format docker --network host \
-        --file "$repo/deploy/Dockerfile" --tag "$tag" \
-        --build-arg "BASE=$from" \
-        --secret "id=pip.conf,src=$secrets/pip.conf" --secret "id=host-ca,src=$ca" \
-        "$@" "$repo"
+    local args=(--format docker --network host --file "$repo/deploy/Dockerfile"
+        --build-arg "BASE=$from"
+        --secret "id=pip.conf,src=$secrets/pip.conf" --secret "id=host-ca,src=$ca")
+    # The builder stage gets a tag of its own, so that its cached steps (the dependencies) are
+    # reachable from a name and survive the prune below; the second build reuses them.
+    podman build "${args[@]}" --target builder --tag "$tag-builder" "$@" "$repo"
+    podman build "${args[@]}" --tag "$tag" "$@" "$repo"
+    # Images no tag reaches any more (the previous builds of these tags): gone, so repeated
+    # builds do not fill the disk.
+    podman image prune --force >/dev/null
+}
+
+clean() {
+    # Everything scripts/podman.sh made: images, containers, the base tree, the configuration.
+    if [[ -f $home/storage.conf ]]; then
+        eval "$(environment)"
+        podman system reset --force >/dev/null 2>&1 || true
+    fi
+    local mounted
+    for mounted in $(awk -v home="$home" 'index($2, home) == 1 {print $2}' /proc/mounts | sort -r); do
+        umount "$mounted"
+    done
+    rm -rf "$home"
 }
 
 case ${1:-setup} in
@@ -193,5 +212,6 @@ case ${1:-setup} in
     env) environment ;;
     base) base ;;
     build) shift; build "$@" ;;
-    *) say "unknown command ${1}: setup, env, base or build"; exit 2 ;;
+    clean) clean ;;
+    *) say "unknown command ${1}: setup, env, base, build or clean"; exit 2 ;;
 esac
