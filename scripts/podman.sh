@@ -200,10 +200,10 @@ clean() {
         eval "$(environment)"
         podman system reset --force >/dev/null 2>&1 || true
     fi
+    # The overlay driver bind-mounts its own folder: undo that (and any left over) first.
     local mounted
-    for mounted in $(awk -v home="$home" 'index($2, home) == 1 {print $2}' /proc/mounts | sort -r); do
-        umount "$mounted"
-    done
+    awk -v home="$home" 'index($2, home) == 1 {print $2}' /proc/mounts | sort -r |
+        while read -r mounted; do umount "$mounted"; done
     rm -rf "$home"
 }
 

