@@ -36,6 +36,9 @@ class Invocation:
 
     where: str
     args: tuple[str, ...]
+    documented: bool = False
+    """Written in prose (Markdown): values may be placeholders (``--budget SECONDS``), so only
+    the command and its flags' names are checked, not run."""
 
     def __str__(self) -> str:
         return f"{self.where}: bfl-receiver {shlex.join(self.args)}"
@@ -73,7 +76,7 @@ def _code_lines(path: Path, text: str) -> Iterator[tuple[int, str]]:
             if stripped.startswith("```"):
                 fenced = not fenced
                 continue
-            if fenced:
+            if fenced and not stripped.startswith("#"):
                 yield number, line
             else:
                 # inline code only: `bfl-receiver serve`
@@ -93,7 +96,8 @@ def in_text(path: Path, text: str, where: str) -> Iterator[Invocation]:
             if args is None:
                 args = _line_after(rest)
             if args:
-                yield Invocation(f"{where}:{number}", args)
+                documented = path.suffix.lower() in {".md", ".markdown"}
+                yield Invocation(f"{where}:{number}", args, documented)
 
 
 def _words(value: Any) -> tuple[str, ...] | None:
