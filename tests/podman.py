@@ -137,11 +137,12 @@ def running_container(
         args += ["--volume", volume]
     args += [image, *command, "--fd", str(PASSED_FD)]
     fd = sock.fileno()
-    # podman hands on descriptors 3.. by their number: the shell moves the socket to 3.
+    # podman hands on descriptors 3.. by their number: bash moves the socket to 3 (dash takes
+    # one-digit descriptors only).
     redirect = f'exec "$@" {PASSED_FD}<&{fd}' + (f" {fd}<&-" if fd != PASSED_FD else "")
     with log.open("wb") as out:
         process = subprocess.Popen(
-            ["/bin/sh", "-c", redirect, "sh", *args],
+            ["/bin/bash", "-c", redirect, "bash", *args],
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,
