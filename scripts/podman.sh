@@ -8,8 +8,9 @@
 #                                  eval "$(scripts/podman.sh env)"; podman images
 #   scripts/podman.sh base       also make the base image if missing; prints its name
 #   scripts/podman.sh build TAG [podman build args...]
-#                                build deploy/Dockerfile on that base as TAG, using the
-#                                host's pip settings and CA bundle (as build secrets)
+#                                build deploy/Dockerfile on that base as TAG (deploy/compose.yaml
+#                                runs localhost/bfl-hooks:local), with the host's pip settings
+#                                and CA bundle passed as build secrets
 #   scripts/podman.sh clean      remove all of it (images, base tree, configuration)
 #
 # Everything lives under $BFL_PODMAN_HOME (default /var/lib/bfl-hooks/podman): the config
@@ -175,9 +176,9 @@ build() {
     local from
     from=$(base)
     eval "$(environment)"
-    local secrets
+    # The secrets' folder goes when the script ends, a failed build included.
     secrets=$(mktemp -d)
-    trap 'rm -rf "$secrets"' RETURN
+    trap 'rm -rf "$secrets"' EXIT
     pip_conf "$secrets/pip.conf"
     local ca=${PIP_CERT:-${SSL_CERT_FILE:-/etc/ssl/certs/ca-certificates.crt}}
     # --format docker keeps HEALTHCHECK (the OCI format has no such field); --network host:
