@@ -172,11 +172,15 @@ def test_image_runs_as_its_user_with_postgres_and_s3_clients(
     (config,) = json.loads(shown)
     assert config["Config"]["Entrypoint"] == ["bfl-receiver"]
     assert "/healthz" in " ".join(config["Healthcheck"]["Test"])  # --format docker kept it
-    code = "import os, asyncpg, boto3; print(os.getuid(), os.getgid())"
+    code = (
+        "import os, asyncpg, boto3; print(os.getuid(), os.getgid(),"
+        " os.path.exists('/etc/pip.conf'), os.path.exists('/run/secrets/host-ca'))"
+    )
     ran = podman(
         podman_env, "run", "--rm", "--network", "host", "--entrypoint", "python3", image, "-c", code
     )
-    assert ran.stdout.split() == [str(IMAGE_UID), str(IMAGE_UID)]
+    # The build's secrets (the host's pip settings and CA) are in no layer.
+    assert ran.stdout.split() == [str(IMAGE_UID), str(IMAGE_UID), "False", "False"]
 
 
 @pytest.mark.image
