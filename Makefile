@@ -36,9 +36,11 @@ lint: install
 	$(BIN)/mypy
 
 ## test: lint, then the whole suite against real servers on loopback
-##       (PostgreSQL is installed from Debian packages when missing; tests start their own)
+##       (PostgreSQL is installed from Debian packages when missing; tests start their own;
+##       so are podman and the image test's base image: tests/test_image.py says why if it skips)
 test: install lint
 	scripts/pg.sh >/dev/null
+	scripts/podman.sh base >/dev/null || echo "scripts/podman.sh failed: tests/test_image.py says why" >&2
 	$(BIN)/python -m pytest
 
 format: install

@@ -99,7 +99,8 @@ def _stop(process: subprocess.Popen[bytes], api: RuntimeAPI) -> None:
 def _frozen_for(api: RuntimeAPI, seconds: float) -> None:
     """Wait until the function asked for its next event and was frozen, then let time pass."""
     eventually(lambda: api.frozen, timeout=30)
-    assert api.process_state() == "T"  # stopped: nothing of it can run
+    # Stopped: nothing of it can run (SIGSTOP takes effect a moment after kill() returns).
+    eventually(lambda: api.process_state() == "T", timeout=5)
     time.sleep(seconds)
 
 
