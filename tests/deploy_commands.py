@@ -137,8 +137,24 @@ def _in_yaml_node(node: Any, compose: bool, where: str) -> Iterator[Invocation]:
         yield from _in_yaml_node(value, compose, f"{where}/{key}" if compose else where)
 
 
+class _AnyTagLoader(yaml.SafeLoader):
+    """Safe YAML that reads a tag it does not know (CloudFormation's ``!Ref``, ``!Sub``...) as
+    the plain value under it."""
+
+
+def _untagged(loader: yaml.SafeLoader, suffix: str, node: yaml.Node) -> Any:
+    if isinstance(node, yaml.MappingNode):
+        return loader.construct_mapping(node)
+    if isinstance(node, yaml.SequenceNode):
+        return loader.construct_sequence(node)
+    return loader.construct_scalar(node)  # type: ignore[arg-type]
+
+
+_AnyTagLoader.add_multi_constructor("!", _untagged)
+
+
 def in_yaml(text: str, where: str) -> Iterator[Invocation]:
-    for document in yaml.safe_load_all(text):
+    for document in yaml.load_all(text, Loader=_AnyTagLoader):
         if isinstance(document, dict):
             compose = "services" in document
             label = where if compose else f"{where} {document.get('kind', '')}".strip()
