@@ -37,6 +37,8 @@ Sends are paced at one a second per channel and per interaction (``pacing.Pacer`
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 import re
@@ -150,6 +152,8 @@ class DiscordSender:
         self.buckets = discord_api.Buckets()
         #: What Discord refused for good (a bot token, a gone channel): not asked again.
         self.refusals = discord_api.Refusals()
+        self._bot_accepted = False
+        self._bot_probe = asyncio.Lock()
 
     @property
     def settings(self) -> DiscordSettings:
@@ -242,8 +246,14 @@ class DiscordSender:
         edit: bool,
     ) -> Answer:
         await self.pacer.slot(target.key)
+        # Until Discord has taken the bot token once, sends with it go one at a time, so a
+        # wrong token costs one refused request, not one per channel sent to at once.
+        probing = target.channel_id is not None and not self._bot_accepted
         # One request in flight per channel: the next one sees what this one's answer said.
-        async with self.buckets.one_at_a_time(target.key):
+        async with (
+            self._bot_probe if probing else contextlib.nullcontext(),
+            self.buckets.one_at_a_time(target.key),
+        ):
             # Asked here, after the waits: a send paced behind one that Discord refused for
             # good learns of it before asking again.
             self._refused_before(target)
@@ -257,6 +267,8 @@ class DiscordSender:
                 wait = answer.exhausted_for()
                 if wait is not None:
                     self.buckets.hold(target.key, wait)
+            if probing and answer.status != 401:
+                self._bot_accepted = True
         log.debug("task %s: %s answered %d", event.task_id, target.where, answer.status)
         return answer
 
