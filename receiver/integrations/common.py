@@ -6,13 +6,17 @@ from __future__ import annotations
 import asyncio
 import unicodedata
 import weakref
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
+from pydantic import ValidationError
+from pydantic_settings import BaseSettings
 
 from receiver.events import Event
 from receiver.handlers import PermanentError, Skipped
 from receiver.redact import redact_text
+
+S = TypeVar("S", bound=BaseSettings)
 
 #: How much of BFL's error text a chat is shown.
 MAX_REASON_CHARS = 200
@@ -36,6 +40,20 @@ class LoopClients:
         if client is None or client.is_closed:
             client = self._clients[loop] = httpx.AsyncClient(**self._options)
         return client
+
+
+def settings_from_env(settings: type[S], error: type[Exception]) -> S:
+    """``settings()`` read from the environment (and the ``.env`` found upward), or ``error``
+    naming each wrong variable and what is wrong with it, never its value."""
+    try:
+        return settings()
+    except ValidationError as exc:
+        prefix = str(settings.model_config.get("env_prefix", ""))
+        problems = "; ".join(
+            f"{prefix}{'_'.join(str(part) for part in problem['loc']).upper()}: {problem['msg']}"
+            for problem in exc.errors()
+        )
+        raise error(problems) from None
 
 
 def address(event: Event, key: str, *, integer: bool = False) -> str | int:

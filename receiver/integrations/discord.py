@@ -46,7 +46,7 @@ import time
 from typing import Any
 
 import httpx
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from receiver import handlers
@@ -54,7 +54,7 @@ from receiver.envfile import UpwardEnvSettings
 from receiver.events import Event
 from receiver.handlers import PermanentError, RateLimited
 from receiver.integrations import discord_api
-from receiver.integrations.common import LoopClients, caption, cut, outcome_text
+from receiver.integrations.common import LoopClients, caption, cut, outcome_text, settings_from_env
 from receiver.integrations.discord_api import Answer
 from receiver.integrations.discord_target import INTERACTION_TTL, Target, target_of
 from receiver.integrations.pacing import Pacer
@@ -114,14 +114,7 @@ class DiscordSettings(UpwardEnvSettings):
 def load_settings() -> DiscordSettings:
     """``DiscordSettings`` from the environment, or a ``DiscordConfigError`` naming the
     variable (never its value)."""
-    try:
-        return DiscordSettings()
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"DISCORD_{'_'.join(str(p) for p in error['loc']).upper()}: {error['msg']}"
-            for error in exc.errors()
-        )
-        raise DiscordConfigError(problems) from None
+    return settings_from_env(DiscordSettings, DiscordConfigError)
 
 
 def too_large_text(size: int) -> str:

@@ -63,14 +63,14 @@ from email.utils import parsedate_to_datetime
 from typing import Annotated, Any, Literal
 
 import httpx
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
 from receiver import handlers
 from receiver.envfile import UpwardEnvSettings
 from receiver.events import Event, StoredImage
 from receiver.handlers import PermanentError
-from receiver.integrations.common import LoopClients
+from receiver.integrations.common import LoopClients, settings_from_env
 from receiver.redact import redact_text, redact_url
 from receiver.render import finite
 from receiver.settings import split_commas
@@ -186,14 +186,7 @@ class ForwardSettings(UpwardEnvSettings):
 def load_settings() -> ForwardSettings:
     """``ForwardSettings`` from the environment, or a ``ForwardConfigError`` that says what is
     wrong (and never shows a secret's value)."""
-    try:
-        return ForwardSettings()
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"FORWARD_{'_'.join(str(part) for part in error['loc']).upper()}: {error['msg']}"
-            for error in exc.errors()
-        )
-        raise ForwardConfigError(problems) from None
+    return settings_from_env(ForwardSettings, ForwardConfigError)
 
 
 def require_complete(settings: ForwardSettings) -> str:

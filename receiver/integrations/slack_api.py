@@ -13,14 +13,14 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from receiver import handlers
 from receiver.download import host_allowed
 from receiver.envfile import UpwardEnvSettings
 from receiver.handlers import PermanentError, RateLimited
-from receiver.integrations.common import LoopClients
+from receiver.integrations.common import LoopClients, settings_from_env
 from receiver.integrations.forward import retry_after
 from receiver.integrations.pacing import Pacer
 from receiver.redact import redact_text
@@ -164,14 +164,7 @@ class SlackSettings(UpwardEnvSettings):
 def load_settings() -> SlackSettings:
     """``SlackSettings`` from the environment, or a ``SlackConfigError`` saying what is wrong
     (never showing the token)."""
-    try:
-        return SlackSettings()
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"SLACK_{'_'.join(str(part) for part in error['loc']).upper()}: {error['msg']}"
-            for error in exc.errors()
-        )
-        raise SlackConfigError(problems) from None
+    return settings_from_env(SlackSettings, SlackConfigError)
 
 
 def _safe_error(answer: dict[str, Any]) -> str:

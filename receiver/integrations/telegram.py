@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from PIL import Image
-from pydantic import Field, SecretStr, ValidationError
+from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
 from receiver.envfile import UpwardEnvSettings
@@ -54,6 +54,7 @@ from receiver.integrations.common import (
     cut,
     optional,
     outcome_text,
+    settings_from_env,
 )
 from receiver.integrations.pacing import Pacer
 from receiver.integrations.telegram_api import (
@@ -131,14 +132,7 @@ class TelegramSettings(UpwardEnvSettings):
 def load_settings() -> TelegramSettings:
     """``TelegramSettings`` from the environment, or a ``TelegramConfigError`` that says what
     is wrong (and never shows the token)."""
-    try:
-        return TelegramSettings()
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"TELEGRAM_{'_'.join(str(part) for part in error['loc']).upper()}: {error['msg']}"
-            for error in exc.errors()
-        )
-        raise TelegramConfigError(problems) from None
+    return settings_from_env(TelegramSettings, TelegramConfigError)
 
 
 def photo_fits(data: bytes, limits: Limits) -> bool:
