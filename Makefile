@@ -59,6 +59,7 @@ bench: install
 	$(BIN)/python bench/faults.py
 	$(BIN)/python bench/chat_latency.py
 	$(BIN)/python bench/gcp_function.py
+	$(BIN)/python bench/serverless.py --database sqlite --database postgresql
 
 clean:
 	rm -rf $(VENV) data .mypy_cache .ruff_cache
