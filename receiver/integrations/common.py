@@ -10,8 +10,9 @@ from typing import Any, TypeVar
 
 import httpx
 from pydantic import ValidationError
-from pydantic_settings import BaseSettings
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from receiver.envfile import UpwardEnvSettings
 from receiver.events import Event
 from receiver.handlers import PermanentError, Skipped
 from receiver.redact import redact_text
@@ -40,6 +41,16 @@ class LoopClients:
         if client is None or client.is_closed:
             client = self._clients[loop] = httpx.AsyncClient(**self._options)
         return client
+
+
+class IntegrationSettings(UpwardEnvSettings):
+    """What every handler's settings share: read from the environment (and the ``.env`` found
+    upward), other variables ignored, frozen, and a mistyped token or secret never echoed in a
+    validation error. A subclass names only its ``env_prefix``."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env", extra="ignore", frozen=True, hide_input_in_errors=True
+    )
 
 
 def settings_from_env(settings: type[S], error: type[Exception]) -> S:

@@ -50,11 +50,17 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from receiver import handlers
-from receiver.envfile import UpwardEnvSettings
 from receiver.events import Event
 from receiver.handlers import PermanentError, RateLimited
 from receiver.integrations import discord_api
-from receiver.integrations.common import LoopClients, caption, cut, outcome_text, settings_from_env
+from receiver.integrations.common import (
+    IntegrationSettings,
+    LoopClients,
+    caption,
+    cut,
+    outcome_text,
+    settings_from_env,
+)
 from receiver.integrations.discord_api import Answer
 from receiver.integrations.discord_target import INTERACTION_TTL, Target, target_of
 from receiver.integrations.pacing import Pacer
@@ -83,16 +89,10 @@ class DiscordConfigError(PermanentError):
     """``DISCORD_*`` settings are missing or invalid; no retry until they are fixed."""
 
 
-class DiscordSettings(UpwardEnvSettings):
+class DiscordSettings(IntegrationSettings):
     """``DISCORD_*`` variables (or the ``.env`` found upward)."""
 
-    model_config = SettingsConfigDict(
-        env_prefix="DISCORD_",
-        env_file=".env",
-        extra="ignore",
-        frozen=True,
-        hide_input_in_errors=True,  # a mistyped token must not be echoed in the error
-    )
+    model_config = SettingsConfigDict(env_prefix="DISCORD_")
 
     bot_token: SecretStr | None = None
     """The bot's token; needed for ``discord_channel_id`` only (interactions carry theirs)."""

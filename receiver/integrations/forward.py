@@ -67,10 +67,9 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
 from receiver import handlers
-from receiver.envfile import UpwardEnvSettings
 from receiver.events import Event, StoredImage
 from receiver.handlers import PermanentError
-from receiver.integrations.common import LoopClients, settings_from_env
+from receiver.integrations.common import IntegrationSettings, LoopClients, settings_from_env
 from receiver.redact import redact_text, redact_url
 from receiver.render import finite
 from receiver.settings import split_commas
@@ -131,16 +130,10 @@ def _decode_secret(secret: str) -> bytes:
     return key
 
 
-class ForwardSettings(UpwardEnvSettings):
+class ForwardSettings(IntegrationSettings):
     """Where and how to forward: ``FORWARD_*`` variables (or the ``.env`` found upward)."""
 
-    model_config = SettingsConfigDict(
-        env_prefix="FORWARD_",
-        env_file=".env",
-        extra="ignore",
-        frozen=True,
-        hide_input_in_errors=True,  # a bad secret must not be echoed in the error
-    )
+    model_config = SettingsConfigDict(env_prefix="FORWARD_")
 
     url: str | None = None
     """Your backend's endpoint (http or https); required when the handler runs."""

@@ -18,9 +18,8 @@ from pydantic_settings import SettingsConfigDict
 
 from receiver import handlers
 from receiver.download import host_allowed
-from receiver.envfile import UpwardEnvSettings
 from receiver.handlers import PermanentError, RateLimited
-from receiver.integrations.common import LoopClients, settings_from_env
+from receiver.integrations.common import IntegrationSettings, LoopClients, settings_from_env
 from receiver.integrations.forward import retry_after
 from receiver.integrations.pacing import Pacer
 from receiver.redact import redact_text
@@ -116,16 +115,10 @@ class SlackConfigError(PermanentError):
     """``SLACK_*`` settings are missing or invalid; no retry until they are fixed."""
 
 
-class SlackSettings(UpwardEnvSettings):
+class SlackSettings(IntegrationSettings):
     """How to reach Slack: ``SLACK_*`` variables (or the ``.env`` found upward)."""
 
-    model_config = SettingsConfigDict(
-        env_prefix="SLACK_",
-        env_file=".env",
-        extra="ignore",
-        frozen=True,
-        hide_input_in_errors=True,  # a mistyped token must not be echoed in the error
-    )
+    model_config = SettingsConfigDict(env_prefix="SLACK_")
 
     bot_token: SecretStr | None = None
     """The bot's token (``xoxb-…``); required when the handler runs."""

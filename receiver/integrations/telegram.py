@@ -44,10 +44,10 @@ from PIL import Image
 from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
-from receiver.envfile import UpwardEnvSettings
 from receiver.events import Event
 from receiver.handlers import PermanentError, RateLimited
 from receiver.integrations.common import (
+    IntegrationSettings,
     LoopClients,
     address,
     caption,
@@ -108,16 +108,10 @@ class Limits:
     document_max_bytes: int = 50_000_000
 
 
-class TelegramSettings(UpwardEnvSettings):
+class TelegramSettings(IntegrationSettings):
     """The bot: ``TELEGRAM_*`` variables (or the ``.env`` found upward)."""
 
-    model_config = SettingsConfigDict(
-        env_prefix="TELEGRAM_",
-        env_file=".env",
-        extra="ignore",
-        frozen=True,
-        hide_input_in_errors=True,  # a token must not be echoed in an error
-    )
+    model_config = SettingsConfigDict(env_prefix="TELEGRAM_")
 
     bot_token: SecretStr | None = None
     """The bot's token from @BotFather (``123456:ABC…``); required when the handler runs."""
