@@ -191,8 +191,8 @@ async def fetch_sample(
     except TimeoutError:
         if remaining <= attempt_timeout:
             raise DownloadError(
-                f"cut at the URL's deadline: not finished {budget:.1f} s after it started,"
-                " when the signed URL expires",
+                f"cut at the URL's deadline: the signed URL expired {budget:.1f} s"
+                " after the download started",
                 transient=False,
             ) from None
         raise DownloadError(
