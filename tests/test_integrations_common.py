@@ -47,7 +47,7 @@ async def test_pacer_spaces_sends_to_one_key_but_not_across_keys() -> None:
     a = sorted(done["a"])
     assert a[1] - a[0] >= 0.18
     assert a[2] - a[1] >= 0.18
-    assert done["b"][0] < 0.1  # another chat is not held up
+    assert done["b"][0] < 0.15  # another chat is not held up
 
 
 @pytest.mark.anyio
