@@ -144,3 +144,37 @@ async def test_a_reference_bound_to_another_task_records_nothing(store: Store) -
     assert await finish(store, "t1", ref="r1") is RecordOutcome.NEW
     await store.prepare_submission("r2", "flux-dev", {})  # not bound yet: any task may use it
     assert await finish(store, "t2", ref="r2") is RecordOutcome.NEW
+
+
+async def test_prune_forgets_a_finished_tasks_submission_and_claim_so_it_is_never_polled_again(
+    store: Store,
+) -> None:
+    # Without this, a pruned event would leave its submission "unfinished": the reconciler
+    # would poll a month-old task again and hand its handlers a spurious "Task not found".
+    await store.prepare_submission("r-done", "flux-dev", {})
+    await store.bind_submission("r-done", "t-done", "https://api.bfl.ai/v1/get_result?id=t-done")
+    await finish(store, "t-done", ref="r-done")
+    await finish(store, "t-unbound", ref="r-claimed")  # claimed in webhook_refs, no submission
+    await store.prepare_submission("r-running", "flux-dev", {})
+    await store.bind_submission("r-running", "t-running", None)
+    await store.record(
+        notice_from_payload({"id": "t-running", "status": "Pending"}),
+        deadline=None,
+        handlers=["h"],
+        ref="r-running",
+    )
+    await store.prepare_submission("r-never-bound", "flux-dev", {})  # its POST never answered
+    for job in await store.claim("w", 10, 30):
+        await store.complete(job)
+    assert await store.prune(3600) == 0
+    await asyncio.sleep(0.05)
+    assert await store.prune(0) == 3
+    assert await store.get_submission(ref="r-done") is None
+    assert await store.get_submission(ref="r-never-bound") is None
+    # A still-running task keeps its submission: the reconciler must go on polling it.
+    running = await store.get_submission(ref="r-running")
+    assert running is not None
+    assert running.task_id == "t-running"
+    assert [s.ref for s in await store.due_for_reconcile(0, 10)] == ["r-running"]
+    # The pruned claim is gone, so the reference is free again rather than kept forever.
+    assert await finish(store, "t-other", ref="r-claimed") is RecordOutcome.NEW

@@ -388,4 +388,9 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def prune(self, older_than: float) -> int:
         """Delete events received more than ``older_than`` seconds ago whose jobs have all
-        ended (done or dead), with their jobs and runs; how many events."""
+        ended (done or dead), with their jobs and runs; how many events.
+
+        A finished task's submission and reference claim go with its event: left behind, the
+        submission would look unfinished and be polled again. Submissions older than the cutoff
+        that never got a task id (their POST never answered) go too. A task still running
+        keeps its submission, so the reconciler goes on polling it."""

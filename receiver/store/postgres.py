@@ -29,6 +29,7 @@ from receiver.events import Status
 from receiver.payload import Notice
 from receiver.store import postgres_submissions as submissions
 from receiver.store.base import (
+    TERMINAL_STATUSES,
     EventRecord,
     ImageRecord,
     Job,
@@ -356,10 +357,20 @@ class PostgresStore(Store):
         )
 
     async def prune(self, older_than: float) -> int:
-        status = await self.pool.execute(
-            f"""DELETE FROM events WHERE received_at < {NOW} - $1 AND NOT EXISTS (
-                    SELECT 1 FROM jobs WHERE jobs.task_id = events.task_id
-                    AND jobs.state IN ('queued', 'running'))""",
-            older_than,
-        )
-        return rowcount(status)
+        async with self.pool.acquire() as conn, conn.transaction():
+            pruned = await conn.fetch(
+                f"""DELETE FROM events WHERE received_at < {NOW} - $1 AND NOT EXISTS (
+                        SELECT 1 FROM jobs WHERE jobs.task_id = events.task_id
+                        AND jobs.state IN ('queued', 'running'))
+                    RETURNING task_id, status""",
+                older_than,
+            )
+            # A finished task's submission and claim go with its event (see Store.prune).
+            ended = [r["task_id"] for r in pruned if r["status"] in TERMINAL_STATUSES]
+            await conn.execute("DELETE FROM submissions WHERE task_id = ANY($1::text[])", ended)
+            await conn.execute("DELETE FROM webhook_refs WHERE task_id = ANY($1::text[])", ended)
+            await conn.execute(
+                f"DELETE FROM submissions WHERE task_id IS NULL AND submitted_at < {NOW} - $1",
+                older_than,
+            )
+        return len(pruned)

@@ -431,13 +431,21 @@ class SQLiteStore(Store):
     async def prune(self, older_than: float) -> int:
         def prune(c: sqlite3.Connection) -> int:
             cutoff = time.time() - older_than
-            cur = c.execute(
+            pruned = c.execute(
                 """DELETE FROM events WHERE received_at < ? AND NOT EXISTS (
                        SELECT 1 FROM jobs WHERE jobs.task_id = events.task_id
-                       AND jobs.state IN ('queued', 'running'))""",
+                       AND jobs.state IN ('queued', 'running'))
+                   RETURNING task_id, status""",
                 (cutoff,),
+            ).fetchall()
+            # A finished task's submission and claim go with its event (see Store.prune).
+            ended = [(task_id,) for task_id, status in pruned if status in TERMINAL_STATUSES]
+            c.executemany("DELETE FROM submissions WHERE task_id = ?", ended)
+            c.executemany("DELETE FROM webhook_refs WHERE task_id = ?", ended)
+            c.execute(
+                "DELETE FROM submissions WHERE task_id IS NULL AND submitted_at < ?", (cutoff,)
             )
-            return cur.rowcount
+            return len(pruned)
 
         return await self._db.run(prune)
 
