@@ -18,6 +18,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from receiver import redact
+from receiver.bounded import within
 from receiver.correlation import METADATA_PARAM, REF_PARAM, Correlation, correlate
 from receiver.download import url_deadline
 from receiver.draining import check_budget, drain_services
@@ -62,6 +63,11 @@ class BodyTooLarge(Exception):
 
 #: How long /readyz waits for the store before it calls it unreachable.
 READY_TIMEOUT = 5.0
+#: How long a webhook waits to be recorded. BFL waits 30 s for an answer and then counts the
+#: delivery failed: a hung store (a stalled disk, a paused database) gets a 503 well before, so
+#: the notice is delivered again. Recording is idempotent, so a record that did land after
+#: all is just a duplicate then.
+RECORD_TIMEOUT = 10.0
 #: What a webhook that could not be recorded is told: BFL (or the sandbox) tries again.
 RETRY_AFTER_SECONDS = "5"
 
@@ -258,7 +264,7 @@ async def webhook(request: Request) -> Response:
         else None
     )
     try:
-        outcome = await rt.store.record(
+        recording = rt.store.record(
             notice,
             deadline=deadline,
             handlers=rt.handlers.names_for(notice.status),
@@ -266,6 +272,7 @@ async def webhook(request: Request) -> Response:
             finetune_handlers=rt.handlers.names_for(notice.status, finetune=True),
             metadata=link.metadata,
         )
+        outcome = await within(recording, RECORD_TIMEOUT)
     except ForeignReference:
         # Checked inside the recording transaction: no extra round trip per webhook.
         rt.metrics.webhooks.labels("unauthorized").inc()
@@ -274,7 +281,7 @@ async def webhook(request: Request) -> Response:
     except Exception as exc:
         # Not recorded, so not acknowledged: a 503 tells BFL to deliver it again, and /readyz
         # reports the store until a webhook is recorded again.
-        reason = describe(exc)
+        reason = _store_failure(exc, RECORD_TIMEOUT)
         rt.health.fail("webhooks", f"cannot record webhooks: {reason}")
         rt.metrics.webhooks.labels("store_error").inc()
         log.error("task %s: webhook not recorded: %s", notice.task_id, reason)
@@ -333,6 +340,13 @@ async def healthz(request: Request) -> Response:
     return JSONResponse({"ok": True})
 
 
+def _store_failure(exc: Exception, waited: float) -> str:
+    """Why a store call failed; a timeout says how long it was waited for."""
+    if isinstance(exc, TimeoutError):
+        return f"the store did not answer within {waited:g} s"
+    return describe(exc)
+
+
 async def readyz(request: Request) -> Response:
     """Ready when the store answers and nothing that records or processes is failing.
 
@@ -343,9 +357,9 @@ async def readyz(request: Request) -> Response:
     rt = _runtime(request)
     reasons = []
     try:
-        await asyncio.wait_for(rt.store.ping(), timeout=READY_TIMEOUT)
+        await within(rt.store.ping(), READY_TIMEOUT)
     except Exception as exc:  # any failure to reach the store means not ready
-        reasons.append(f"store: unreachable: {describe(exc)}")
+        reasons.append(f"store: unreachable: {_store_failure(exc, READY_TIMEOUT)}")
     reasons += [f"{p.component}: {p.reason}" for p in rt.health.problems]
     body: dict[str, object] = {"ok": not reasons}
     if reasons:

@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,18 @@ def find_bindir() -> Path | None:
 
 def _version(name: str) -> tuple[int, ...]:
     return tuple(int(part) for part in re.findall(r"\d+", name))
+
+
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (the postmaster's backends and helpers)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            # The command name, in parentheses, may hold spaces: the fields after it are fixed.
+            ppid = int(stat.read_text().rpartition(")")[2].split()[1])
+            if ppid == pid:
+                found.append(int(stat.parent.name))
+    return found
 
 
 def free_port() -> int:
@@ -147,6 +160,21 @@ class PostgresCluster:
         self._proc = None
         if not self._launch(self.port):
             raise RuntimeError("postgres did not come back after the restart")
+
+    @contextlib.contextmanager
+    def frozen(self) -> Iterator[None]:
+        """A hung server, as a stalled disk or a paused VM leaves it: every process of the
+        cluster is sent SIGSTOP (connections stay open, nothing answers), then SIGCONT."""
+        assert self._proc is not None
+        pids = [self._proc.pid, *_children(self._proc.pid)]
+        for pid in pids:
+            os.kill(pid, signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGCONT)
 
     def create_database(self, name: str) -> str:
         """A new empty database; returns its URL."""

@@ -2,9 +2,9 @@
 
 Each test runs the receiver as a process of its own and breaks its store for real, while
 retries are coming due: another process holds SQLite's write lock, the disk under the database
-fills up, PostgreSQL restarts (``pg_ctl restart -m fast``). Meanwhile ``/readyz`` must say the
-receiver is not ready, and afterwards every acknowledged webhook is processed, with no restart
-of the receiver.
+fills up, PostgreSQL restarts (``pg_ctl restart -m fast``) or hangs (SIGSTOP). Meanwhile
+``/readyz`` must say the receiver is not ready, and afterwards every acknowledged webhook is
+processed, with no restart of the receiver.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from receiver.app import RECORD_TIMEOUT
 from tests import fault_handler
 from tests.pg import PostgresCluster, find_bindir
 from tests.processes import ReceiverProcess, hold_sqlite_write_lock
@@ -188,6 +189,37 @@ def test_postgres_restart_under_the_worker(tmp: Path) -> None:
         assert_recovers(receiver, tmp, acked)
         assert receiver.proc is not None
         assert receiver.proc.poll() is None
+    finally:
+        receiver.close()
+        cluster.stop()
+
+
+@pytest.mark.slow
+def test_a_hung_postgres_gets_webhooks_a_503_in_time_and_loses_nothing(tmp: Path) -> None:
+    """A server that accepts connections but never answers: each webhook must still be
+    answered well inside BFL's 30 s (503, so it is delivered again), never left to time out."""
+    bindir = find_bindir()
+    if bindir is None:
+        pytest.skip("PostgreSQL server binaries not found: run scripts/pg.sh (make test does)")
+    cluster = PostgresCluster(bindir)
+    cluster.start()
+    receiver = ReceiverProcess(
+        receiver_env(cluster.create_database("hung"), tmp), tmp / "receiver.log"
+    )
+    try:
+        receiver.start()
+        acked = acknowledge_and_fail_once(receiver, tmp)
+        with cluster.frozen():
+            started = time.monotonic()
+            assert post_errors(receiver.url, ["during"], timeout=60) == set()
+            answered_in = time.monotonic() - started
+            assert answered_in < RECORD_TIMEOUT + 5  # BFL gives up on an answer after 30 s
+            ready = wait_not_ready(receiver, time.monotonic() + 15)
+            assert "did not answer" in ready or "unreachable" in ready
+        # BFL delivers the refused one again; everything acknowledged is handled.
+        assert post_errors(receiver.url, ["during"]) == {"during"}
+        assert_recovers(receiver, tmp, acked | {"during"})
+        assert "did not answer within" in receiver.log()
     finally:
         receiver.close()
         cluster.stop()
