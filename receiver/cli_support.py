@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 import click
 from pydantic import ValidationError
 
-from receiver.dsn import dsn_target, redact_dsn, redact_text
+from receiver.dsn import dsn_target, redact_dsn, redact_text, split_connect_timeout
 from receiver.durability import EphemeralStoreRefused, check_durable
 from receiver.settings import Settings
 from receiver.store import Store, StoreMissing, opened_store
@@ -99,7 +99,13 @@ def store_error(url: str, exc: BaseException) -> str | None:
             "(bfl-receiver serve creates one)"
         )
     postgres = url.startswith(("postgresql:", "postgres:"))
-    if postgres and isinstance(exc, OSError):  # refused, unknown host, timed out
+    if postgres and isinstance(exc, TimeoutError):  # it accepted, then never answered
+        _, limit = split_connect_timeout(url)
+        return (
+            f"cannot reach PostgreSQL at {dsn_target(url)}: no answer within {limit:g} s"
+            " (is that PostgreSQL's port? connect_timeout=SECONDS in the URL sets the wait)"
+        )
+    if postgres and isinstance(exc, OSError):  # refused, unknown host
         return f"cannot reach PostgreSQL at {dsn_target(url)}: {cause}"
     if postgres and _from_asyncpg(exc):  # the server answered: a password, a database...
         return f"cannot open the PostgreSQL store at {dsn_target(url)}: {cause}"

@@ -78,3 +78,39 @@ def dsn_target(url: str) -> str:
     database = unquote(parts.path.lstrip("/")) or query.get("dbname", "")
     named = f"database {database!r} on " if database else ""
     return f"{named}{hosts}"
+
+
+#: How long opening a PostgreSQL connection may take when the URL says nothing: a server that
+#: accepts the connection but never answers (a hung host, a black-holed port) is reported in
+#: seconds, not after asyncpg's minute.
+DEFAULT_CONNECT_TIMEOUT = 10.0
+#: libpq's ``connect_timeout=0``, "wait indefinitely": a day (asyncpg needs a number).
+NO_CONNECT_TIMEOUT = 86400.0
+
+
+def split_connect_timeout(url: str) -> tuple[str, float]:
+    """``url`` without libpq's ``connect_timeout`` parameter, and its value in seconds.
+
+    asyncpg does not know that parameter and would send it to the server as a setting, which
+    the server refuses; users copy URLs from libpq tools, so it is honoured here. Missing: the
+    default. ``0`` means no limit, as in libpq (NO_CONNECT_TIMEOUT). Raises ValueError for
+    anything but a number of seconds, without echoing the URL.
+    """
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return url, DEFAULT_CONNECT_TIMEOUT
+    pairs = parse_qsl(parts.query, keep_blank_values=True)
+    given = [v for k, v in pairs if k == "connect_timeout"]
+    if not given:
+        return url, DEFAULT_CONNECT_TIMEOUT
+    try:
+        seconds = float(given[-1])
+    except ValueError:
+        seconds = float("nan")
+    if not seconds >= 0 or seconds == float("inf"):
+        raise ValueError(
+            "connect_timeout in RECEIVER_DATABASE_URL must be a number of seconds (0: no limit)"
+        )
+    query = urlencode([(k, v) for k, v in pairs if k != "connect_timeout"])
+    return parts._replace(query=query).geturl(), (seconds or NO_CONNECT_TIMEOUT)

@@ -5,9 +5,14 @@ not answer, a password-bearing URL."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import socket
 import subprocess
 import sys
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import asyncpg
@@ -15,7 +20,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from receiver.cli import main
-from receiver.dsn import dsn_target, redact_dsn, redact_text
+from receiver.dsn import dsn_target, redact_dsn, redact_text, split_connect_timeout
 from tests.pg import PostgresCluster, free_port
 from tests.support import SECRET, running_receiver, settings_for
 
@@ -132,6 +137,80 @@ def test_unreachable_postgres_is_one_line_with_the_host_and_no_password(
     assert "Connect" in line or "refused" in line  # the cause
     assert PASSWORD not in out.output
     assert SECRET not in out.output
+
+
+@contextlib.contextmanager
+def silent_server() -> Iterator[int]:
+    """A port that accepts connections and never answers (a hung host, the wrong service)."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        accepted: list[socket.socket] = []
+        stop = threading.Event()
+
+        def accept() -> None:
+            listener.settimeout(0.1)
+            while not stop.is_set():
+                with contextlib.suppress(TimeoutError):
+                    accepted.append(listener.accept()[0])
+
+        thread = threading.Thread(target=accept, daemon=True)
+        thread.start()
+        try:
+            yield listener.getsockname()[1]
+        finally:
+            stop.set()
+            thread.join()
+            for conn in accepted:
+                conn.close()
+
+
+def test_a_postgres_port_that_never_answers_is_reported_after_connect_timeout(
+    in_empty_folder: Path,
+) -> None:
+    with silent_server() as port:
+        url = f"postgresql://bfl:{PASSWORD}@127.0.0.1:{port}/bflhooks?connect_timeout=1"
+        started = time.monotonic()
+        out = run("migrate", env={"RECEIVER_DATABASE_URL": url})
+        took = time.monotonic() - started
+    line = assert_one_line_error(out)
+    assert f"cannot reach PostgreSQL at database 'bflhooks' on 127.0.0.1:{port}" in line
+    assert "no answer within 1 s" in line
+    assert "connect_timeout=SECONDS" in line  # how to change the wait
+    assert took < 8  # the URL's second (the default would be 10 s)
+    assert PASSWORD not in out.output
+
+
+@pytest.mark.parametrize("value", ["abc", "-1", "inf", ""])
+def test_a_bad_connect_timeout_is_one_line_without_the_url(
+    in_empty_folder: Path, value: str
+) -> None:
+    url = f"postgresql://bfl:{PASSWORD}@127.0.0.1:1/bflhooks?connect_timeout={value}"
+    line = assert_one_line_error(run("events", env={"RECEIVER_DATABASE_URL": url}))
+    assert "connect_timeout in RECEIVER_DATABASE_URL must be a number of seconds" in line
+    assert PASSWORD not in line
+
+
+def test_split_connect_timeout_keeps_the_rest_of_the_url() -> None:
+    url = "postgresql://u:p@h:5432/db?sslmode=require&connect_timeout=2.5&application_name=x"
+    assert split_connect_timeout(url) == (
+        "postgresql://u:p@h:5432/db?sslmode=require&application_name=x",
+        2.5,
+    )
+    assert split_connect_timeout("postgresql://h/db") == ("postgresql://h/db", 10.0)
+    assert split_connect_timeout("postgresql://h/db?connect_timeout=0") == (
+        "postgresql://h/db",
+        86400.0,  # libpq's 0, no limit: a day
+    )
+
+
+@pytest.mark.postgres
+def test_a_real_server_accepts_a_url_with_libpqs_connect_timeout(
+    in_empty_folder: Path, postgres_cluster: PostgresCluster
+) -> None:
+    # asyncpg alone would send connect_timeout to the server as a setting, which it refuses.
+    url = postgres_cluster.create_database("with_timeout") + "?connect_timeout=5"
+    assert run("migrate", env={"RECEIVER_DATABASE_URL": url}).exit_code == 0
+    out = run("events", env={"RECEIVER_DATABASE_URL": url})
+    assert out.exit_code == 0, out.output
 
 
 @pytest.mark.postgres

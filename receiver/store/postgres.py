@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
-from receiver.dsn import dsn_target
+from receiver.dsn import dsn_target, split_connect_timeout
 from receiver.events import Status
 from receiver.payload import Notice
 from receiver.store import postgres_submissions as submissions
@@ -65,13 +65,13 @@ class PostgresStore(Store):
         command_timeout: float = 60.0,
         create: bool = True,
     ) -> None:
-        self.url = url
+        self.url, self._connect_timeout = split_connect_timeout(url)
         self.create = create
         self._min_size = min_size
         self._max_size = max_size
         self._command_timeout = command_timeout
         self._pool: asyncpg.Pool[asyncpg.Record] | None = None
-        self._wake = Wakeups(url)
+        self._wake = Wakeups(self.url)
 
     @property
     def pool(self) -> asyncpg.Pool[asyncpg.Record]:
@@ -85,6 +85,7 @@ class PostgresStore(Store):
             min_size=self._min_size,
             max_size=self._max_size,
             command_timeout=self._command_timeout,
+            timeout=self._connect_timeout,
         )
         try:
             async with self._pool.acquire() as conn:
