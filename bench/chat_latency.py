@@ -23,7 +23,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 import click
 import httpx
@@ -31,8 +30,7 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import submitter
-from bench.common import SECRET, listen, spawn, stop, url_of
-from bench.e2e import HERE as E2E
+from bench.e2e import pipeline
 from tests.fakes.telegram import FakeTelegram, fake_telegram
 
 SIZE = 256
@@ -103,33 +101,11 @@ def main(count: int, task_seconds: float, spread: float, warmup: int, timeout: f
     """Ready → photo in the chat, median and p99, through sandbox, receiver and fake."""
     schedule = random.Random(0)
     arrivals = sorted(schedule.uniform(0, spread) for _ in range(count))
+    telegram = {"RECEIVER_HANDLERS": "receiver.integrations.telegram:send"}
     with tempfile.TemporaryDirectory() as tmp, fake_telegram() as fake:
-        sandbox_sock, receiver_sock = listen(), listen()
-        api = url_of(sandbox_sock)
-        args = [str(E2E), "--serve-sandbox", "--task-seconds", str(task_seconds)]
-        sandbox = spawn(args, sandbox_sock, {})
+        telegram |= {"TELEGRAM_BOT_TOKEN": fake.token, "TELEGRAM_API_URL": fake.url}
         database_url = f"sqlite:///{tmp}/receiver.db"
-        env = {
-            "RECEIVER_WEBHOOK_SECRET": SECRET,
-            "RECEIVER_DATABASE_URL": database_url,
-            "RECEIVER_STORAGE_URL": f"file://{tmp}/samples",
-            "RECEIVER_SAMPLE_HOSTS": api.removeprefix("http://"),
-            "RECEIVER_HANDLERS": "receiver.integrations.telegram:send",
-            "RECEIVER_LOG_LEVEL": "warning",
-            "TELEGRAM_BOT_TOKEN": fake.token,
-            "TELEGRAM_API_URL": fake.url,
-        }
-        receiver = spawn(["-m", "receiver.cli", "serve"], receiver_sock, env)
-        values: dict[str, Any] = {
-            "api_key": "bench-chat",
-            "api_url": api,
-            "public_url": url_of(receiver_sock),
-            "webhook_secret": SECRET,
-            "database_url": database_url,
-            "data_dir": Path(tmp) / "submitter",
-        }
-        settings = submitter.Settings(_env_file=None, **values)  # type: ignore[call-arg]
-        try:
+        with pipeline(tmp, database_url, task_seconds, "bench-chat", telegram) as (_, settings):
             warm = asyncio.run(
                 submit_all(settings, fake, [i * 0.05 for i in range(warmup)], "warm")
             )
@@ -137,11 +113,6 @@ def main(count: int, task_seconds: float, spread: float, warmup: int, timeout: f
             chats = asyncio.run(submit_all(settings, fake, arrivals, "measured"))
             wait_for_photos(fake, chats, timeout)
             ready = ready_times("bench-chat", chats)
-        finally:
-            stop(receiver)
-            stop(sandbox)
-            sandbox_sock.close()
-            receiver_sock.close()
         photo = arrival_by_chat(fake, "sendPhoto")
         deleted = arrival_by_chat(fake, "deleteMessage")
         wrong = [c for c in chats if [m.kind for m in fake.chats[c].visible()] != ["photo"]]

@@ -27,6 +27,7 @@ adds under a tenth of the polling path's latency and makes no get_result call.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -36,6 +37,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -242,6 +244,42 @@ def report(
     print(f"  API requests (submit + get_result), webhook/polling: {api_ratio:.3f}")
 
 
+@contextlib.contextmanager
+def pipeline(
+    tmp: str, database_url: str, task_seconds: float, api_key: str, receiver_env: dict[str, str]
+) -> Iterator[tuple[str, submitter.Settings]]:
+    """The sandbox and a receiver (``receiver_env`` added to its settings), each a process of
+    its own on a socket it was handed; yields the sandbox's URL and the submitter's settings."""
+    sandbox_sock, receiver_sock = listen(), listen()
+    api = url_of(sandbox_sock)
+    args = [str(HERE), "--serve-sandbox", "--task-seconds", str(task_seconds)]
+    sandbox = spawn(args, sandbox_sock, {})
+    env = {
+        "RECEIVER_WEBHOOK_SECRET": SECRET,
+        "RECEIVER_DATABASE_URL": database_url,
+        "RECEIVER_STORAGE_URL": f"file://{tmp}/samples",
+        "RECEIVER_SAMPLE_HOSTS": api.removeprefix("http://"),
+        "RECEIVER_LOG_LEVEL": "warning",
+        **receiver_env,
+    }
+    receiver = spawn(["-m", "receiver.cli", "serve"], receiver_sock, env)
+    values: dict[str, Any] = {
+        "api_key": api_key,
+        "api_url": api,
+        "public_url": url_of(receiver_sock),
+        "webhook_secret": SECRET,
+        "database_url": database_url,
+        "data_dir": Path(tmp) / "submitter",
+    }
+    try:
+        yield api, submitter.Settings(_env_file=None, **values)  # type: ignore[call-arg]
+    finally:
+        stop(receiver)
+        stop(sandbox)
+        sandbox_sock.close()
+        receiver_sock.close()
+
+
 @click.command()
 @click.option("--count", default=200, show_default=True, help="Generations per path.")
 @click.option("--task-seconds", default=1.0, show_default=True, help="Sandbox task duration.")
@@ -280,50 +318,25 @@ def main(
     window = spread if spread is not None else count / 16
     schedule = random.Random(0)
     arrivals = sorted(schedule.uniform(0, window) for _ in range(count))
-    with tempfile.TemporaryDirectory() as tmp, database(engine, tmp) as database_url:
-        sandbox_sock, receiver_sock = listen(), listen()
-        api = url_of(sandbox_sock)
-        args = [str(HERE), "--serve-sandbox", "--task-seconds", str(task_seconds)]
-        sandbox = spawn(args, sandbox_sock, {})
-        env = {
-            "RECEIVER_WEBHOOK_SECRET": SECRET,
-            "RECEIVER_DATABASE_URL": database_url,
-            "RECEIVER_STORAGE_URL": f"file://{tmp}/samples",
-            "RECEIVER_SAMPLE_HOSTS": api.removeprefix("http://"),
-            "RECEIVER_LOG_LEVEL": "warning",
-        }
-        receiver = spawn(["-m", "receiver.cli", "serve"], receiver_sock, env)
-        values: dict[str, Any] = {
-            "api_key": "bench-webhooks",
-            "api_url": api,
-            "public_url": url_of(receiver_sock),
-            "webhook_secret": SECRET,
-            "database_url": database_url,
-            "data_dir": Path(tmp) / "submitter",
-        }
-        settings = submitter.Settings(_env_file=None, **values)  # type: ignore[call-arg]
-        try:
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        database(engine, tmp) as database_url,
+        pipeline(tmp, database_url, task_seconds, "bench-webhooks", {}) as (api, settings),
+    ):
 
-            async def both(
-                times: list[float], label: str
-            ) -> tuple[list[EventRecord], list[Timing]]:
-                return await asyncio.gather(
-                    webhook_path(settings, times, task_seconds, timeout, f"hooked {label}"),
-                    polling_path(api, times, Path(tmp) / "polled", f"polled {label}"),
-                )
+        async def both(times: list[float], label: str) -> tuple[list[EventRecord], list[Timing]]:
+            return await asyncio.gather(
+                webhook_path(settings, times, task_seconds, timeout, f"hooked {label}"),
+                polling_path(api, times, Path(tmp) / "polled", f"polled {label}"),
+            )
 
-            (Path(tmp) / "polled").mkdir()
-            # First connections, caches and code paths are slow once; real services are warm.
-            asyncio.run(both([i * 0.05 for i in range(warmup)], "warm-up"))
-            before = Counter(httpx.get(f"{api}/bench/counts", timeout=10).json())
-            events, polled = asyncio.run(both(arrivals, "measured"))
-            hooked, lag = webhook_timings(events)
-            counts = Counter(httpx.get(f"{api}/bench/counts", timeout=10).json()) - before
-        finally:
-            stop(receiver)
-            stop(sandbox)
-            sandbox_sock.close()
-            receiver_sock.close()
+        (Path(tmp) / "polled").mkdir()
+        # First connections, caches and code paths are slow once; real services are warm.
+        asyncio.run(both([i * 0.05 for i in range(warmup)], "warm-up"))
+        before = Counter(httpx.get(f"{api}/bench/counts", timeout=10).json())
+        events, polled = asyncio.run(both(arrivals, "measured"))
+        hooked, lag = webhook_timings(events)
+        counts = Counter(httpx.get(f"{api}/bench/counts", timeout=10).json()) - before
     print(f"submissions spread over {window:g} s, the same schedule for both paths")
     print(f"warm-up                   {warmup} tasks per path first, not measured")
     print(f"receiver store            {engine} (the submitter records in it too)")
