@@ -9,6 +9,7 @@ store fails, so a store hiccup at the end of a handler run does not turn into a 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 import traceback
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 
 import httpx
 
-from receiver.download import DownloadError, HostRefused, fetch_sample
+from receiver.download import Downloaded, DownloadError, HostRefused, fetch_sample
 from receiver.events import Event, StoredImage, TaskKind
 from receiver.handlers import HandlerSet, PermanentError, RateLimited, RetryLater, Skipped
 from receiver.health import Health, describe
@@ -26,7 +27,7 @@ from receiver.loops import backoff
 from receiver.metrics import Metrics
 from receiver.render import hide_queries, literal
 from receiver.settings import Settings
-from receiver.storage import Storage
+from receiver.storage import Storage, StoredBlob
 from receiver.store.base import REFUSED, EventRecord, ImageRecord, Job, Store
 
 # The worker's own log lines, wherever in it they are written.
@@ -35,6 +36,11 @@ log = logging.getLogger("receiver.worker")
 MAX_HANDLER_BACKOFF = 300.0
 MAX_DOWNLOAD_BACKOFF = 30.0
 MAX_DOWNLOAD_ATTEMPTS = 20
+#: How long a downloaded image is kept trying to reach a storage that fails (S3 down, a full
+#: disk). Its signed URL may be dead by then, so these bytes are the only copy; well inside the
+#: hour after which a staging file counts as abandoned (receiver.storage.local).
+STORE_RETRY_SECONDS = 1800.0
+MAX_STORE_BACKOFF = 30.0
 #: The longest wait a handler's RetryLater (a remote Retry-After) can ask for.
 MAX_RETRY_LATER = 3600.0
 #: Between tries of a job's own transition while the store is failing.
@@ -111,9 +117,9 @@ class JobRunner:
         except DownloadError as exc:
             await self._download_failed(job, exc, deadline)
             return
-        blob = await self.storage.put(
-            got.path, sha256=got.sha256, size=got.size, content_type=got.content_type
-        )
+        blob = await self._keep(job, got)
+        if blob is None:
+            return
         image = ImageRecord(blob.location, blob.content_type, blob.size, blob.sha256)
         names = self.handlers.names_for(event.status)
         stored = False
@@ -131,6 +137,48 @@ class JobRunner:
             self.metrics.download_seconds.observe(time.monotonic() - started)
             self.metrics.url_seconds_left.observe(max(0.0, deadline - time.time()))
             log.info("task %s: stored %s (%d bytes)", job.task_id, blob.location, blob.size)
+
+    async def _keep(self, job: Job, got: Downloaded) -> StoredBlob | None:
+        """Put the downloaded file in storage, trying again while storage fails; None once the
+        job is dead for it (after STORE_RETRY_SECONDS). The job keeps its worker slot and its
+        lease meanwhile: nothing else could be stored either."""
+        failures = 0
+        started = time.monotonic()
+        try:
+            while True:
+                try:
+                    blob = await self.storage.put(
+                        got.path, sha256=got.sha256, size=got.size, content_type=got.content_type
+                    )
+                except Exception as exc:
+                    failures += 1
+                    reason = describe(exc)
+                    self.health.fail("storage", f"cannot store images: {reason}")
+                    if time.monotonic() - started >= STORE_RETRY_SECONDS:
+                        why = (
+                            f"downloaded, but the storage failed for {STORE_RETRY_SECONDS:g} s:"
+                            f" {reason}"
+                        )
+                        log.error("task %s: download dead: %s", job.task_id, why)
+                        self.metrics.downloads.labels("dead").inc()
+                        await self.settle(job, "dead", functools.partial(self.store.bury, job, why))
+                        return None
+                    log.warning(
+                        "task %s: cannot store the downloaded image yet (%s); keeping it and "
+                        "trying again",
+                        job.task_id,
+                        reason,
+                    )
+                    await asyncio.sleep(backoff(1.0, failures, MAX_STORE_BACKOFF))
+                    continue
+                if failures:
+                    self.health.ok("storage")
+                    log.info("task %s: stored after %d failed tries", job.task_id, failures)
+                return blob
+        finally:
+            # Consumed when stored; otherwise given up (dead, or the job handed back on
+            # shutdown or a lost lease, to be downloaded again while its URL lives).
+            got.path.unlink(missing_ok=True)
 
     async def _host_refused(self, job: Job, exc: HostRefused) -> None:
         """Never fetched, and impossible to miss: BFL may serve some accounts from a host the

@@ -5,12 +5,15 @@ It binds port 0 and prints the port the kernel chose, which is read from its log
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import signal
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -57,6 +60,16 @@ class MotoServer:
         output = self._log.read_text(errors="replace")
         self.stop()
         raise RuntimeError(f"moto_server did not start:\n{output}")
+
+    @contextlib.contextmanager
+    def frozen(self) -> Iterator[None]:
+        """The server hung (SIGSTOP): connections are accepted, nothing answers; then SIGCONT."""
+        assert self._proc is not None
+        self._proc.send_signal(signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            self._proc.send_signal(signal.SIGCONT)
 
     def stop(self) -> None:
         if self._proc is not None:

@@ -40,7 +40,9 @@ class Storage(abc.ABC):
 
     @abc.abstractmethod
     async def put(self, source: Path, *, sha256: str, size: int, content_type: str) -> StoredBlob:
-        """Keep the file at ``source`` (consumed: moved or deleted) and say where it went."""
+        """Keep the file at ``source`` (consumed: moved or deleted) and say where it went.
+
+        When it raises, ``source`` is left where it was, for the caller to try again."""
 
     @abc.abstractmethod
     async def read(self, location: str) -> bytes:

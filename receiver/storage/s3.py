@@ -152,12 +152,11 @@ class S3Storage(Storage):
 
     async def put(self, source: Path, *, sha256: str, size: int, content_type: str) -> StoredBlob:
         key = self.key(sha256, content_type)
-        try:
-            await asyncio.to_thread(self._upload, source, key, sha256, size, content_type)
-        finally:
-            # Consumed either way: after a failure the job downloads again into a new file.
-            with contextlib.suppress(FileNotFoundError):
-                await asyncio.to_thread(source.unlink)
+        await asyncio.to_thread(self._upload, source, key, sha256, size, content_type)
+        # Consumed once kept. After a failure the file stays: its signed URL may be dead by
+        # now, so the caller tries again with these bytes (receiver.jobrun).
+        with contextlib.suppress(FileNotFoundError):
+            await asyncio.to_thread(source.unlink)
         return StoredBlob(self.location(key), sha256, size, content_type)
 
     async def read(self, location: str) -> bytes:
