@@ -47,6 +47,8 @@ MAX_RETRY_LATER = 3600.0
 MAX_SETTLE_BACKOFF = 5.0
 #: /readyz's warning while the last sample from an unknown host was refused.
 SAMPLE_HOSTS_WARNING = "sample hosts"
+#: /readyz's warning while downloaded images cannot be put in storage.
+STORAGE_WARNING = "storage"
 
 
 @dataclass(eq=False)
@@ -153,7 +155,10 @@ class JobRunner:
                 except Exception as exc:
                     failures += 1
                     reason = describe(exc)
-                    self.health.fail("storage", f"cannot store images: {reason}")
+                    self.metrics.storage_errors.inc()
+                    # A warning, not "not ready": webhooks are still recorded without storage,
+                    # and out of rotation no download would come to clear it.
+                    self.health.warn(STORAGE_WARNING, f"cannot store images: {reason}")
                     if time.monotonic() - started >= STORE_RETRY_SECONDS:
                         why = (
                             f"downloaded, but the storage failed for {STORE_RETRY_SECONDS:g} s:"
@@ -172,7 +177,7 @@ class JobRunner:
                     await asyncio.sleep(backoff(1.0, failures, MAX_STORE_BACKOFF))
                     continue
                 if failures:
-                    self.health.ok("storage")
+                    self.health.clear_warning(STORAGE_WARNING)
                     log.info("task %s: stored after %d failed tries", job.task_id, failures)
                 return blob
         finally:

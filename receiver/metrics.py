@@ -37,6 +37,11 @@ class Metrics:
         self.downloads = Counter(
             "bfl_hooks_downloads", "Sample download attempts, by outcome.", ["outcome"], registry=r
         )
+        self.storage_errors = Counter(
+            "bfl_hooks_storage_errors",
+            "Failed puts of downloaded images into storage (each kept and tried again).",
+            registry=r,
+        )
         self.download_bytes = Counter(
             "bfl_hooks_download_bytes", "Bytes of samples stored.", registry=r
         )

@@ -73,10 +73,14 @@ def test_an_image_whose_storage_hangs_past_its_urls_life_is_still_stored(
                 assert r.post(ready("kept", url)).status_code == 200
                 eventually(lambda: delivery.hits == ["kept.jpg"], timeout=5)
                 eventually(lambda: "cannot store images" in r.client.get("/readyz").text, 15)
+                assert r.client.get("/readyz").status_code == 200  # a warning: still ready
                 time.sleep(URL_TTL + 1)  # the signed URL is dead now: only the bytes are left
                 assert rec.events == []
             eventually(lambda: len(rec.events) == 1, timeout=30)
-            eventually(lambda: r.client.get("/readyz").status_code == 200, timeout=10)
+            # Said as a warning (still ready: webhooks are recorded without storage), then gone.
+            eventually(lambda: "cannot store images" not in r.client.get("/readyz").text, 10)
+            assert r.client.get("/readyz").status_code == 200
+            assert r.metric("bfl_hooks_storage_errors_total") >= 1
         event, data = rec.seen[0]
         assert event.image is not None
         assert data is not None
