@@ -18,7 +18,6 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from receiver import redact
-from receiver.bounded import within
 from receiver.correlation import METADATA_PARAM, REF_PARAM, Correlation, correlate
 from receiver.download import url_deadline
 from receiver.draining import check_budget, drain_services
@@ -272,7 +271,8 @@ async def webhook(request: Request) -> Response:
             finetune_handlers=rt.handlers.names_for(notice.status, finetune=True),
             metadata=link.metadata,
         )
-        outcome = await within(recording, RECORD_TIMEOUT)
+        async with asyncio.timeout(RECORD_TIMEOUT):
+            outcome = await recording
     except ForeignReference:
         # Checked inside the recording transaction: no extra round trip per webhook.
         rt.metrics.webhooks.labels("unauthorized").inc()
@@ -357,7 +357,8 @@ async def readyz(request: Request) -> Response:
     rt = _runtime(request)
     reasons = []
     try:
-        await within(rt.store.ping(), READY_TIMEOUT)
+        async with asyncio.timeout(READY_TIMEOUT):
+            await rt.store.ping()
     except Exception as exc:  # any failure to reach the store means not ready
         reasons.append(f"store: unreachable: {_store_failure(exc, READY_TIMEOUT)}")
     reasons += [f"{p.component}: {p.reason}" for p in rt.health.problems]

@@ -17,9 +17,11 @@ The SQLite store's tables and state machine (see ``base.py``), made safe for man
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import asyncpg
@@ -50,7 +52,7 @@ from receiver.store.postgres_wake import Wakeups
 from receiver.store.rows import event_from, job_from, run_from
 
 if TYPE_CHECKING:
-    pass
+    from asyncpg.pool import PoolConnectionProxy
 
 
 class PostgresStore(Store):
@@ -107,7 +109,39 @@ class PostgresStore(Store):
             await pool.close()
 
     async def ping(self) -> None:
-        await self.pool.fetchval("SELECT 1")
+        async with self._cut_on_cancel() as c:  # a probe's timeout is not held up
+            await c.fetchval("SELECT 1")
+
+    @contextlib.asynccontextmanager
+    async def _cut_on_cancel(
+        self, *, atomic: bool = False
+    ) -> AsyncIterator[PoolConnectionProxy[asyncpg.Record]]:
+        """A pooled connection (in a transaction when ``atomic``) that is closed at once when
+        its caller is cancelled, by a webhook's or a probe's timeout.
+
+        asyncpg's own cleanup (ROLLBACK, then the connection's reset on release) talks to the
+        server, and against a hung one (a stalled disk, a paused VM, a SIGSTOP) it waits as
+        long as the hang: the caller's timeout would not end the wait. Cutting the socket ends
+        it now, and the server rolls back a transaction whose connection is gone.
+        """
+        async with self.pool.acquire() as c:
+            transaction = c.transaction() if atomic else None
+            try:
+                if transaction is not None:
+                    await transaction.start()
+                yield c
+                if transaction is not None:
+                    await transaction.commit()
+            except asyncio.CancelledError:
+                c.terminate()
+                raise
+            except BaseException:
+                if transaction is not None and not c.is_closed():
+                    # The error to report is the one raised; a rollback that fails too (the
+                    # transaction never started, the connection broke) adds nothing to it.
+                    with contextlib.suppress(Exception):
+                        await transaction.rollback()
+                raise
 
     async def record(
         self,
@@ -121,7 +155,10 @@ class PostgresStore(Store):
         via: Via = Via.WEBHOOK,
     ) -> RecordOutcome:
         meta = json.dumps(metadata) if metadata is not None else None
-        async with self.pool.acquire() as c, c.transaction():
+
+        # Cut on cancel: a webhook's timeout (receiver.app.RECORD_TIMEOUT) is not held up by
+        # a rollback when the server hangs.
+        async with self._cut_on_cancel(atomic=True) as c:
             outcome = await record_notice(
                 c,
                 notice,
