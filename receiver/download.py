@@ -51,12 +51,14 @@ _SE = re.compile(r"[?&]se=([^&#]+)")
 
 
 class DownloadError(Exception):
-    """A download failed; ``transient`` says whether trying again may help."""
+    """A download failed; ``transient`` says whether trying again may help, ``local`` that
+    this machine failed (its staging disk), not the sample or its server."""
 
-    def __init__(self, reason: str, *, transient: bool) -> None:
+    def __init__(self, reason: str, *, transient: bool, local: bool = False) -> None:
         super().__init__(reason)
         self.reason = reason
         self.transient = transient
+        self.local = local
 
 
 class HostRefused(DownloadError):
@@ -293,7 +295,10 @@ async def _save(resp: httpx.Response, *, max_bytes: int, staging_dir: Path) -> D
         raise DownloadError(
             f"sample is {declared} bytes, over the {max_bytes} cap", transient=False
         )
-    fd, name = tempfile.mkstemp(dir=staging_dir, suffix=".part")
+    try:
+        fd, name = tempfile.mkstemp(dir=staging_dir, suffix=".part")
+    except OSError as exc:
+        raise _unstageable(exc) from None
     path = Path(name)
     digest = hashlib.sha256()
     size = 0
@@ -317,7 +322,19 @@ async def _save(resp: httpx.Response, *, max_bytes: int, staging_dir: Path) -> D
                 f"content does not match {content_type!r} (looks like {sniffed or 'no image'})",
                 transient=False,
             )
-    except BaseException:
+    except BaseException as exc:
         path.unlink(missing_ok=True)  # noqa: ASYNC240 - one metadata call on a failure path
+        if isinstance(exc, OSError):
+            raise _unstageable(exc) from None
         raise
     return Downloaded(path, digest.hexdigest(), size, content_type)
+
+
+def _unstageable(exc: OSError) -> DownloadError:
+    """This machine's disk, not the sample, failed (full, read-only): tried again while the
+    URL lives. The worker says so on /readyz (receiver.jobrun)."""
+    return DownloadError(
+        f"cannot write the download to the staging folder: {exc.strerror or exc}",
+        transient=True,
+        local=True,
+    )

@@ -134,6 +134,7 @@ class JobRunner:
         await self.settle(job, "the stored image", complete, outcome="done")
         if stored:
             self.health.clear_warning(SAMPLE_HOSTS_WARNING)
+            self.health.clear_warning(STORAGE_WARNING)
             self.metrics.downloads.labels("ok").inc()
             self.metrics.download_bytes.inc(got.size)
             self.metrics.download_seconds.observe(time.monotonic() - started)
@@ -177,7 +178,6 @@ class JobRunner:
                     await asyncio.sleep(backoff(1.0, failures, MAX_STORE_BACKOFF))
                     continue
                 if failures:
-                    self.health.clear_warning(STORAGE_WARNING)
                     log.info("task %s: stored after %d failed tries", job.task_id, failures)
                 return blob
         finally:
@@ -205,6 +205,8 @@ class JobRunner:
         await self.settle(job, "dead", lambda: self.store.bury(job, reason))
 
     async def _download_failed(self, job: Job, exc: DownloadError, deadline: float) -> None:
+        if exc.local:
+            self.health.warn(STORAGE_WARNING, f"cannot stage downloads: {exc.reason}")
         delay = backoff(1.0, job.attempts, MAX_DOWNLOAD_BACKOFF)
         hopeless = (
             not exc.transient

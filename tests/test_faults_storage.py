@@ -1,9 +1,10 @@
-"""A storage that hangs or fails after the download never loses the image: the bytes are kept
-and put again until the storage answers, long after the signed URL has expired.
+"""A storage that hangs or fails never loses an image it could keep.
 
-The storage is a real S3 server (moto, a process of its own) stopped with SIGSTOP while the
-receiver stores an image it has just downloaded; the sample URL lives 3 s, the fault lasts
-longer. Before, the bytes were thrown away and the job downloaded again from a dead URL.
+- S3 hangs after the download (a real S3 server, moto, stopped with SIGSTOP): the bytes are
+  kept and put again until it answers, long after the 3 s sample URL has expired. Before, they
+  were thrown away and the job downloaded again from a dead URL.
+- The image disk is full before the download (a small tmpfs): the download is tried again,
+  with /readyz saying why, and succeeds once space is freed, within the URL's life.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import pytest
 
 from receiver import jobrun
 from receiver.store import JobState
+from tests.disk import fill, small_tmpfs
 from tests.s3 import MotoServer, bucket_env, client
 from tests.support import (
     Recorder,
@@ -106,3 +108,25 @@ def test_a_storage_that_never_comes_back_ends_the_job_dead_saying_so(
     jobs = read_store(settings, lambda s: s.jobs_for("lost"))
     assert [j.state for j in jobs] == [JobState.DEAD]
     assert "downloaded, but the storage failed for 2 s" in str(jobs[0].last_error)
+
+
+def test_a_full_image_disk_is_waited_out_while_the_url_lives(tmp_path: Path) -> None:
+    rec = Recorder()
+    with small_tmpfs(tmp_path / "disk", "4m") as disk, delivery_server() as delivery:
+        url = delivery.add("later.jpg")
+        settings = settings_for(
+            tmp_path,
+            storage_url=f"file://{disk}/samples",
+            sample_hosts=(delivery.host,),
+            sample_ttl_seconds=60,
+        )
+        with running_receiver(settings, {"rec": as_handler(rec)}) as r:
+            filler = fill(disk)
+            assert r.post(ready("later", url)).status_code == 200  # the store is elsewhere
+            eventually(lambda: "cannot stage downloads" in r.client.get("/readyz").text, 15)
+            assert "No space left on device" in r.client.get("/readyz").text
+            assert rec.events == []
+            filler.unlink()
+            eventually(lambda: len(rec.events) == 1, timeout=30)
+            assert "cannot stage downloads" not in r.client.get("/readyz").text
+        assert rec.seen[0][1] is not None  # the handler read the stored image

@@ -9,12 +9,8 @@ processed, with no restart of the receiver.
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import os
-import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -22,6 +18,7 @@ import pytest
 
 from receiver.app import RECORD_TIMEOUT
 from tests import fault_handler
+from tests.disk import fill, small_tmpfs
 from tests.pg import PostgresCluster, find_bindir
 from tests.processes import ReceiverProcess, hold_sqlite_write_lock
 from tests.support import SECRET, eventually
@@ -118,33 +115,6 @@ def test_another_process_holding_the_sqlite_write_lock(tmp: Path) -> None:
         assert_recovers(receiver, tmp, acked)
     finally:
         receiver.close()
-
-
-@contextlib.contextmanager
-def small_tmpfs(path: Path, size: str) -> Iterator[Path]:
-    path.mkdir()
-    try:
-        mount = ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)]
-        subprocess.run(mount, check=True)
-    except (OSError, subprocess.CalledProcessError) as exc:
-        pytest.skip(f"cannot mount a tmpfs here ({exc}): the test needs root")
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], check=False)
-
-
-def fill(directory: Path) -> Path:
-    """Write zeros until the filesystem is full; returns the file to delete to free it."""
-    filler = directory / "filler"
-    # Unbuffered: a partial write fills the last pages, and close() has nothing left to flush.
-    with filler.open("wb", buffering=0) as out:
-        chunk = b"\0" * 65536
-        with pytest.raises(OSError, match="No space") as raised:  # noqa: PT012 - until full
-            while True:
-                out.write(chunk)
-        assert raised.value.errno == errno.ENOSPC
-    return filler
 
 
 @pytest.mark.slow
