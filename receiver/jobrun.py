@@ -64,6 +64,9 @@ class JobRunner:
     health: Health
     outcomes: Counter[str]
     """Jobs ended, by outcome: done, retry, deferred, dead (the worker's, for drains)."""
+    waiting_for_storage: Callable[[Job, bool], None] = lambda job, waiting: None
+    """Told when a downloaded job starts (True) and stops (False) waiting for the storage: the
+    worker frees its download slot meanwhile, so other URLs are fetched before they expire."""
 
     async def settle(
         self,
@@ -143,8 +146,9 @@ class JobRunner:
 
     async def _keep(self, job: Job, got: Downloaded) -> StoredBlob | None:
         """Put the downloaded file in storage, trying again while storage fails; None once the
-        job is dead for it (after STORE_RETRY_SECONDS). The job keeps its worker slot and its
-        lease meanwhile: nothing else could be stored either."""
+        job is dead for it (after STORE_RETRY_SECONDS). The job keeps its lease meanwhile, but
+        not its download slot (``waiting_for_storage``): the next URLs are fetched into the
+        staging folder, and wait there too, rather than expire in the queue."""
         failures = 0
         started = time.monotonic()
         try:
@@ -154,6 +158,8 @@ class JobRunner:
                         got.path, sha256=got.sha256, size=got.size, content_type=got.content_type
                     )
                 except Exception as exc:
+                    if not failures:
+                        self.waiting_for_storage(job, True)
                     failures += 1
                     reason = describe(exc)
                     self.metrics.storage_errors.inc()
@@ -181,6 +187,8 @@ class JobRunner:
                     log.info("task %s: stored after %d failed tries", job.task_id, failures)
                 return blob
         finally:
+            if failures:
+                self.waiting_for_storage(job, False)
             # Consumed when stored; otherwise given up (dead, or the job handed back on
             # shutdown or a lost lease, to be downloaded again while its URL lives).
             got.path.unlink(missing_ok=True)

@@ -52,12 +52,14 @@ class _Pool:
     kind: JobKind
     capacity: int
     running: dict[int, tuple[Job, asyncio.Task[None]]] = field(default_factory=dict)
+    idle: set[int] = field(default_factory=set)
+    """Running jobs that hold no slot: downloads done, waiting for the storage to answer."""
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     """Set when jobs of this kind may be due, or a slot was freed."""
 
     @property
     def free(self) -> int:
-        return self.capacity - len(self.running)
+        return self.capacity - len(self.running) + len(self.idle)
 
 
 class Worker:
@@ -89,7 +91,15 @@ class Worker:
         self.outcomes: Counter[str] = Counter()
         """Jobs this worker ended, by outcome: done, retry, dead, handed_back (for drains)."""
         self._runner = JobRunner(
-            settings, store, storage, handlers, client, metrics, self.health, self.outcomes
+            settings,
+            store,
+            storage,
+            handlers,
+            client,
+            metrics,
+            self.health,
+            self.outcomes,
+            self._waiting_for_storage,
         )
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -230,6 +240,14 @@ class Worker:
 
     # -- one job -----------------------------------------------------------------------------
 
+    def _waiting_for_storage(self, job: Job, waiting: bool) -> None:
+        pool = self._pools[JobKind.DOWNLOAD]
+        if waiting:
+            pool.idle.add(job.id)
+            pool.wake.set()  # a slot is free
+        else:
+            pool.idle.discard(job.id)
+
     async def _run(self, pool: _Pool, job: Job) -> None:
         try:
             if job.kind is JobKind.DOWNLOAD:
@@ -244,4 +262,5 @@ class Worker:
             await self._runner.settle(job, "retry", lambda: self.store.retry(job, reason, 5.0))
         finally:
             pool.running.pop(job.id, None)
+            pool.idle.discard(job.id)
             pool.wake.set()

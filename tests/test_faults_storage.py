@@ -21,9 +21,11 @@ from tests.disk import fill, small_tmpfs
 from tests.s3 import MotoServer, bucket_env, client
 from tests.support import (
     Recorder,
+    Sample,
     as_handler,
     delivery_server,
     eventually,
+    jpeg_bytes,
     read_store,
     ready,
     running_receiver,
@@ -58,37 +60,41 @@ def objects(server: MotoServer) -> list[str]:
         s3.close()
 
 
-def test_an_image_whose_storage_hangs_past_its_urls_life_is_still_stored(
+def test_images_whose_storage_hangs_past_their_urls_life_are_still_stored(
     tmp_path: Path, moto: MotoServer
 ) -> None:
     rec = Recorder()
     with delivery_server() as delivery:
-        url = delivery.add("kept.jpg")
+        first, second = delivery.add("kept.jpg"), delivery.add("next.jpg", Sample(jpeg_bytes(48)))
         settings = settings_for(
             tmp_path,
             storage_url="s3://kept/images",
             sample_hosts=(delivery.host,),
             sample_ttl_seconds=URL_TTL,
+            download_workers=1,
         )
         with running_receiver(settings, {"rec": as_handler(rec)}) as r:
             with moto.frozen():
-                assert r.post(ready("kept", url)).status_code == 200
-                eventually(lambda: delivery.hits == ["kept.jpg"], timeout=5)
+                assert r.post(ready("kept", first)).status_code == 200
                 eventually(lambda: "cannot store images" in r.client.get("/readyz").text, 15)
                 assert r.client.get("/readyz").status_code == 200  # a warning: still ready
-                time.sleep(URL_TTL + 1)  # the signed URL is dead now: only the bytes are left
+                # The one download slot is not held by the image waiting for S3: the next URL
+                # is fetched too, before it expires.
+                assert r.post(ready("next", second)).status_code == 200
+                eventually(lambda: sorted(delivery.hits) == ["kept.jpg", "next.jpg"], 5)
+                time.sleep(URL_TTL + 1)  # the signed URLs are dead now: only the bytes are left
                 assert rec.events == []
-            eventually(lambda: len(rec.events) == 1, timeout=30)
+            eventually(lambda: len(rec.events) == 2, timeout=30)
             # Said as a warning (still ready: webhooks are recorded without storage), then gone.
             eventually(lambda: "cannot store images" not in r.client.get("/readyz").text, 10)
             assert r.client.get("/readyz").status_code == 200
             assert r.metric("bfl_hooks_storage_errors_total") >= 1
-        event, data = rec.seen[0]
-        assert event.image is not None
-        assert data is not None
-        assert len(data) == event.image.size
-        assert delivery.hits == ["kept.jpg"]  # downloaded once: nothing fetched a dead URL
-    assert len(objects(moto)) == 1
+        for event, data in rec.seen:
+            assert event.image is not None
+            assert data is not None
+            assert len(data) == event.image.size
+        assert sorted(delivery.hits) == ["kept.jpg", "next.jpg"]  # once each: no dead URL
+    assert len(objects(moto)) == 2
     assert list((tmp_path / "staging").iterdir()) == []  # and its staged copy is gone
 
 
