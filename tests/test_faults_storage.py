@@ -76,7 +76,8 @@ def test_images_whose_storage_hangs_past_their_urls_life_are_still_stored(
         with running_receiver(settings, {"rec": as_handler(rec)}) as r:
             with moto.frozen():
                 assert r.post(ready("kept", first)).status_code == 200
-                eventually(lambda: "cannot store images" in r.client.get("/readyz").text, 15)
+                # boto3 tries each request 5 times with jittered backoff: up to ~20 s.
+                eventually(lambda: "cannot store images" in r.client.get("/readyz").text, 45)
                 assert r.client.get("/readyz").status_code == 200  # a warning: still ready
                 # The one download slot is not held by the image waiting for S3: the next URL
                 # is fetched too, before it expires.
@@ -84,7 +85,7 @@ def test_images_whose_storage_hangs_past_their_urls_life_are_still_stored(
                 eventually(lambda: sorted(delivery.hits) == ["kept.jpg", "next.jpg"], 5)
                 time.sleep(URL_TTL + 1)  # the signed URLs are dead now: only the bytes are left
                 assert rec.events == []
-            eventually(lambda: len(rec.events) == 2, timeout=30)
+            eventually(lambda: len(rec.events) == 2, timeout=60)
             # Said as a warning (still ready: webhooks are recorded without storage), then gone.
             eventually(lambda: "cannot store images" not in r.client.get("/readyz").text, 10)
             assert r.client.get("/readyz").status_code == 200
@@ -109,7 +110,7 @@ def test_a_storage_that_never_comes_back_ends_the_job_dead_saying_so(
         )
         with running_receiver(settings) as r, moto.frozen():
             r.post(ready("lost", url))
-            eventually(lambda: r.metric("bfl_hooks_dead_jobs") == 1, timeout=30)
+            eventually(lambda: r.metric("bfl_hooks_dead_jobs") == 1, timeout=60)
     assert list((tmp_path / "staging").iterdir()) == []
     jobs = read_store(settings, lambda s: s.jobs_for("lost"))
     assert [j.state for j in jobs] == [JobState.DEAD]
