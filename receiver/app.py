@@ -65,8 +65,9 @@ READY_TIMEOUT = 5.0
 #: How long a webhook waits to be recorded. BFL waits 30 s for an answer and then counts the
 #: delivery failed: a hung store (a stalled disk, a paused database) gets a 503 well before, so
 #: the notice is delivered again. Recording is idempotent, so a record that did land after
-#: all is just a duplicate then.
-RECORD_TIMEOUT = 10.0
+#: all is just a duplicate then. Longer than SQLite's 10 s busy timeout (``sqlite_db``), so a
+#: write lock held elsewhere is reported as "database is locked", which says more.
+RECORD_TIMEOUT = 12.0
 #: What a webhook that could not be recorded is told: BFL (or the sandbox) tries again.
 RETRY_AFTER_SECONDS = "5"
 
