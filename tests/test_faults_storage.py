@@ -1,7 +1,7 @@
 """A storage that hangs or fails never loses an image it could keep.
 
 - S3 hangs after the download (a real S3 server, moto, stopped with SIGSTOP): the bytes are
-  kept and put again until it answers, long after the 3 s sample URL has expired. Before, they
+  kept and put again until it answers, long after the 5 s sample URL has expired. Before, they
   were thrown away and the job downloaded again from a dead URL.
 - The image disk is full before the download (a small tmpfs): the download is tried again,
   with /readyz saying why, and succeeds once space is freed, within the URL's life.
@@ -34,7 +34,7 @@ from tests.support import (
 
 pytestmark = pytest.mark.slow
 
-URL_TTL = 3.0
+URL_TTL = 5.0
 
 
 @pytest.fixture
