@@ -153,6 +153,21 @@ def local_env(tmp_path: Path, **extra: str) -> dict[str, str]:
     )
 
 
+def receiver_cli(
+    args: list[str], env: dict[str, str], cwd: Path
+) -> subprocess.CompletedProcess[str]:
+    """``bfl-receiver ARGS`` as a process of its own; its exit code and output."""
+    return subprocess.run(
+        [sys.executable, "-m", "receiver.cli", *args],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
 @pytest.mark.parametrize(
     ("command", "variable"),
     [
@@ -166,15 +181,7 @@ def local_env(tmp_path: Path, **extra: str) -> dict[str, str]:
 def test_commands_refuse_with_one_line_and_open_nothing(
     tmp_path: Path, command: list[str], variable: str
 ) -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "receiver.cli", *command],
-        env=local_env(tmp_path, **{variable: "1"}),
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    done = receiver_cli(command, local_env(tmp_path, **{variable: "1"}), tmp_path)
     assert done.returncode == 1, done.stderr
     assert done.stderr.startswith(f"Error: refusing to start on {PLATFORMS[variable]} ")
     assert len(done.stderr.strip().splitlines()) == 1
@@ -219,16 +226,12 @@ def test_serve_with_the_override_runs_and_warns_once(tmp_path: Path) -> None:
 
 def test_drain_with_the_override_runs(tmp_path: Path) -> None:
     env = local_env(tmp_path)
-    migrate = [sys.executable, "-m", "receiver.cli", "migrate"]
-    subprocess.run(migrate, env=env, cwd=tmp_path, check=True, capture_output=True, timeout=60)
-    done = subprocess.run(
-        [sys.executable, "-m", "receiver.cli", "drain", "--budget", "5", "--json"],
-        env={**env, "VERCEL": "1", "RECEIVER_ALLOW_EPHEMERAL_STORE": "true"},
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
+    migrated = receiver_cli(["migrate"], env, tmp_path)
+    assert migrated.returncode == 0, migrated.stderr
+    done = receiver_cli(
+        ["drain", "--budget", "5", "--json"],
+        {**env, "VERCEL": "1", "RECEIVER_ALLOW_EPHEMERAL_STORE": "true"},
+        tmp_path,
     )
     assert done.returncode == 0, done.stderr
     assert '"finished": true' in done.stdout
@@ -247,15 +250,7 @@ def test_postgres_and_s3_drain_on_a_platform(
         **bucket_env(s3_endpoint, bucket),
     )
     for command in (["migrate"], ["drain", "--budget", "5", "--json"]):
-        done = subprocess.run(
-            [sys.executable, "-m", "receiver.cli", *command],
-            env=env,
-            cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        done = receiver_cli(command, env, tmp_path)
         assert done.returncode == 0, done.stderr
         assert "refusing" not in done.stderr
         assert "running on" not in done.stderr  # no warning either
